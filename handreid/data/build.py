@@ -1,0 +1,70 @@
+"""From a data config to a split and data loaders; synthetic data is generated on demand."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from filelock import FileLock
+
+from handreid.data.hands11k import CSV_NAME, aspect_records, check_files_exist, read_handinfo
+from handreid.data.splits import DataSplit, gallery_all, make_split
+from handreid.data.synth import generate
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("HANDREID_CACHE", Path.home() / ".cache" / "handreid"))
+
+
+def synthetic_root(synth_cfg) -> Path:
+    """Generate (once, under a lock) the synthetic dataset the config describes."""
+    key = hashlib.sha256(json.dumps(asdict(synth_cfg), sort_keys=True).encode()).hexdigest()[:12]
+    root = cache_root() / "synth" / key
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root) + ".lock"):
+        if not (root / CSV_NAME).is_file():
+            generate(
+                root,
+                ids=synth_cfg.ids,
+                per_id=synth_cfg.per_id,
+                aspects=tuple(synth_cfg.aspects),
+                size=(synth_cfg.width, synth_cfg.height),
+                seed=synth_cfg.seed,
+            )
+    return root
+
+
+def resolve_root(data_cfg) -> Path:
+    return Path(data_cfg.root) if data_cfg.root else synthetic_root(data_cfg.synth)
+
+
+def split_method(data_cfg) -> str:
+    """Synthetic ids do not follow the 11k numbering, so they always split at random."""
+    return data_cfg.split if data_cfg.root else "random"
+
+
+def build_split(data_cfg, eval_cfg, root: Path | None = None) -> DataSplit:
+    """The train / val / test split of ``data_cfg.aspect``, with files checked to exist."""
+    root = root or resolve_root(data_cfg)
+    df = read_handinfo(root / CSV_NAME)
+
+    def one(aspect: str) -> DataSplit:
+        records = aspect_records(df, aspect, filter_accessories=data_cfg.filter_accessories)
+        return make_split(
+            records,
+            method=split_method(data_cfg),
+            test_fraction=data_cfg.test_fraction,
+            seed=data_cfg.split_seed,
+            n_splits=eval_cfg.n_splits,
+            split_seed=eval_cfg.split_seed,
+        )
+
+    split = one(data_cfg.aspect)
+    if eval_cfg.protocol == "gallery_all":
+        present = sorted(set(df["aspect"]) - {data_cfg.aspect})
+        split.test = gallery_all(split, [one(a) for a in present])
+    check_files_exist(root, split.train + split.val + split.test.images)
+    return split

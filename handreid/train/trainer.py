@@ -1,0 +1,487 @@
+"""The two-stage trainer: ``train(cfg, out_dir, report=...) -> dict``.
+
+Stage 1 learns the prompt context on cached image features (or reuses it from the
+stage-1 cache); stage 2 fine-tunes the image tower and the heads with the enabled losses
+on PK batches against per-class text features computed once. After every stage-2 epoch
+the model is scored on the validation images, ``report`` is called, early stopping is
+checked and a resumable checkpoint is written. Test data is read only by
+:func:`evaluate_test`, after training.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from handreid.config import Config, dump_config
+from handreid.data.build import build_split, cache_root, resolve_root
+from handreid.data.dataset import ImageDataset
+from handreid.data.sampler import PKSampler
+from handreid.data.splits import DataSplit, save_manifest
+from handreid.data.transforms import build_test_transform, build_train_transform
+from handreid.eval.evaluator import evaluate_protocol, evaluate_val, extract_features
+from handreid.losses import LossInputs, build_loss_set
+from handreid.models.model import build_model
+from handreid.train import checkpoint as ckpt
+from handreid.train.optim import make_optimizer, make_scheduler, stage2_groups
+from handreid.train.stage1 import cached_stage1, stage1_key, train_prompts
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[dict[str, Any], Path | None], None]
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+
+
+class Diverged(Exception):
+    pass
+
+
+@dataclass
+class Progress:
+    """What survives a restart besides the weights: the epoch counter and early stopping."""
+
+    epoch: int = 0  # epochs completed
+    best_map: float = -1.0
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    status: str = "running"  # running, done or early_stopped
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, out_dir: str | Path, report: Report | None = None):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.report = report
+        self.accelerator = Accelerator(
+            cpu=cfg.train.cpu,
+            mixed_precision=cfg.train.mixed_precision,
+            gradient_accumulation_steps=cfg.train.grad_accum,
+        )
+        self.device = self.accelerator.device
+        self.progress = Progress()
+        self.stage1_info: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ set-up
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        set_seed(cfg.train.seed)
+        self.root = resolve_root(cfg.data)
+        self.split: DataSplit = build_split(cfg.data, cfg.eval, root=self.root)
+        save_manifest(self.split, self.out / "split.json", root=str(self.root))
+        dump_config(cfg, self.out / "config.yaml")
+        self.labels = self.split.labels()
+        m = cfg.model
+        self.model = build_model(
+            m.backbone,
+            len(self.labels),
+            pretrained=m.pretrained,
+            cache_dir=m.cache_dir,
+            n_ctx=m.n_ctx,
+            templates=m.templates,
+            retrieval_feature=m.retrieval_feature,
+        )
+        self.losses = build_loss_set(cfg.loss, self.model.embed_dim, len(self.labels))
+        self.model.to(self.device)
+        self.losses.to(self.device)
+        self._build_data()
+
+    def _build_data(self) -> None:
+        d, pre = self.cfg.data, self.model.preprocess
+        size, mean, std = pre["size"], pre["mean"], pre["std"]
+        cache = size if d.in_memory else None
+        resize = cache is None
+        train_tf = build_train_transform(
+            size,
+            mean,
+            std,
+            flip_prob=d.flip_prob,
+            pad=d.pad,
+            color_jitter=d.color_jitter,
+            random_erasing=d.random_erasing,
+            resize=resize,
+        )
+        test_tf = build_test_transform(size, mean, std, resize=resize)
+        self.train_set = ImageDataset(
+            self.root, self.split.train, train_tf, self.labels, cache_size=cache
+        )
+        self.gallery_set = ImageDataset(self.root, self.split.train, test_tf, self.labels)
+        if cache is not None:
+            self.gallery_set.cache = self.train_set.cache  # same decoded images, other transform
+        self.val_set = ImageDataset(
+            self.root, self.split.val, test_tf, self.labels, cache_size=cache
+        )
+        self.test_tf = test_tf
+        t = self.cfg.train
+        self.sampler = PKSampler(
+            self.train_set.targets, t.batch_size // t.num_instances, t.num_instances, seed=t.seed
+        )
+        self.train_loader = DataLoader(
+            self.train_set,
+            batch_size=t.batch_size,
+            sampler=self.sampler,
+            num_workers=d.num_workers,
+            drop_last=True,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _plain_loader(self, dataset: ImageDataset) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.cfg.eval.batch_size,
+            shuffle=False,
+            num_workers=self.cfg.data.num_workers,
+        )
+
+    # ------------------------------------------------------------------ stage 1
+
+    def stage1(self) -> None:
+        cfg = self.cfg
+        cache_dir = Path(cfg.train.stage1_cache or cache_root() / "stage1")
+        key = stage1_key(cfg, self.split.train)
+
+        def compute() -> dict[str, Any]:
+            feats = extract_features(
+                self.model,
+                self._plain_loader(self.gallery_set),
+                self.device,
+                desc="stage-1 features",
+            )
+            labels = torch.tensor(self.gallery_set.targets)
+            history = train_prompts(
+                self.model,
+                feats,
+                labels,
+                epochs=cfg.train.stage1_epochs,
+                batch_size=cfg.train.stage1_batch_size,
+                lr=cfg.optim.lr_prompt,
+                weight_decay=cfg.optim.weight_decay_prompt,
+                optimizer=cfg.optim.name,
+                temperature=cfg.train.stage1_temperature,
+                seed=cfg.train.seed,
+                accelerator=self.accelerator,
+            )
+            return {"ctx": self.model.prompt.ctx.detach().cpu(), "loss": history}
+
+        start = time.time()
+        result, hit = cached_stage1(cache_dir, key, compute)
+        with torch.no_grad():
+            self.model.prompt.ctx.copy_(result["ctx"].to(self.device))
+        self.stage1_info = {
+            "stage1_key": key,
+            "stage1_cache": "hit" if hit else "miss",
+            "stage1_seconds": time.time() - start,
+        }
+        log.info(
+            "stage 1 %s (%s) in %.1fs",
+            "reused" if hit else "computed",
+            key,
+            self.stage1_info["stage1_seconds"],
+        )
+
+    # ------------------------------------------------------------------ stage 2
+
+    def setup_stage2(self) -> None:
+        cfg = self.cfg
+        self.model.set_stage(2, cfg.model.unfreeze_blocks)
+        groups = stage2_groups(self.model, self.losses, cfg.optim)
+        self.optimizer = make_optimizer(cfg.optim.name, groups)
+        centers = self.losses.center_parameters()
+        self.center_opt = torch.optim.SGD(centers, lr=cfg.loss.center.lr) if centers else None
+        steps_per_epoch = max(1, len(self.train_loader) // cfg.train.grad_accum)
+        self.scheduler = make_scheduler(
+            self.optimizer,
+            cfg.optim.scheduler,
+            total_steps=cfg.train.epochs * steps_per_epoch,
+            steps_per_epoch=steps_per_epoch,
+            warmup_epochs=cfg.optim.warmup_epochs,
+            step_epochs=cfg.optim.step_epochs,
+            gamma=cfg.optim.gamma,
+        )
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.center_opt is not None:
+            self.center_opt = self.accelerator.prepare(self.center_opt)
+
+    @torch.no_grad()
+    def compute_text_features(self) -> None:
+        """Per-class text features from the (frozen) learned prompts, computed once."""
+        model = self.accelerator.unwrap_model(self.model)
+        model.eval()
+        classes = torch.arange(len(self.labels), device=self.device)
+        self.text_feats = model.encode_text(classes).float()
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg, acc = self.cfg, self.accelerator
+        self.model.train()
+        self.losses.train()
+        self.sampler.set_epoch(epoch)
+        torch.manual_seed(cfg.train.seed * 100_003 + epoch)  # augmentations replay on resume
+        sums: dict[str, float] = {}
+        seen, start = 0, time.time()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        for images, labels, _ in tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False):
+            images, labels = images.to(self.device), labels.to(self.device)
+            with acc.accumulate(self.model):
+                with acc.autocast():
+                    out = acc.unwrap_model(self.model).encode_image(images)
+                    inputs = LossInputs(
+                        out.feat.float(),
+                        out.bn_feat.float(),
+                        out.unit.float(),
+                        self.text_feats[labels],
+                        labels,
+                    )
+                    loss, parts = self.losses(inputs)
+                if not torch.isfinite(loss):
+                    raise Diverged(f"non-finite loss at epoch {epoch}")
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.optim.grad_clip > 0:
+                    acc.clip_grad_norm_(params, cfg.optim.grad_clip)  # before the step
+                self.optimizer.step()
+                self._step_centers()
+                if acc.sync_gradients:
+                    self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            seen += len(labels)
+            for name, value in {"loss": loss, **parts}.items():
+                key = name if name == "loss" else f"loss_{name}"
+                sums[key] = sums.get(key, 0.0) + float(value.detach()) * len(labels)
+        seconds = time.time() - start
+        stats = {k: v / max(seen, 1) for k, v in sums.items()}
+        stats.update(epoch_seconds=seconds, images_per_second=seen / max(seconds, 1e-9))
+        for group in self.optimizer.param_groups:
+            stats[f"lr_{group.get('name', 'group')}"] = group["lr"]
+        return stats
+
+    def _step_centers(self) -> None:
+        if self.center_opt is None:
+            return
+        weight = self.cfg.loss.center.weight
+        if weight > 0:  # undo the loss weight so the centers move at center_lr
+            for p in self.losses.center_parameters():
+                if p.grad is not None:
+                    p.grad.mul_(1.0 / weight)
+        self.center_opt.step()
+        self.center_opt.zero_grad(set_to_none=True)
+
+    def validate(self) -> dict[str, float]:
+        model = self.accelerator.unwrap_model(self.model)
+        val = extract_features(model, self._plain_loader(self.val_set), self.device, desc="val")
+        gal = extract_features(
+            model, self._plain_loader(self.gallery_set), self.device, desc="gallery"
+        )
+        m = evaluate_val(val, self.split.val, gal, self.split.train)
+        return {"val_mAP": m["mAP"], "val_rank1": m["rank1"]}
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.accelerator.unwrap_model(self.model).state_dict(),
+            "losses": self.losses.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "center_opt": self.center_opt.state_dict() if self.center_opt else None,
+            "scheduler": self.scheduler.state_dict(),
+            "progress": self.progress.__dict__,
+            "rng": ckpt.rng_state(),
+            "stage1": self.stage1_info,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.accelerator.unwrap_model(self.model).load_state_dict(state["model"])
+        self.losses.load_state_dict(state["losses"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.center_opt is not None and state["center_opt"] is not None:
+            self.center_opt.load_state_dict(state["center_opt"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.progress = Progress(**state["progress"])
+        ckpt.set_rng_state(state["rng"])
+        self.stage1_info = {**state.get("stage1", {}), "resumed_from_epoch": self.progress.epoch}
+
+    def save_best(self) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        ckpt.atomic_save(
+            {
+                "model": model.state_dict(),
+                "losses": self.losses.state_dict(),
+                "epoch": self.progress.epoch,
+            },
+            self.out / BEST,
+        )
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self) -> str:
+        """Stage 2 epochs from the current progress; returns the final status."""
+        cfg, p = self.cfg, self.progress
+        while p.status == "running" and p.epoch < cfg.train.epochs:
+            epoch = p.epoch + 1
+            stats = self.train_epoch(epoch)
+            stats.update(self.validate())
+            p.epoch = epoch
+            improved = stats["val_mAP"] > p.best_map
+            if improved:
+                p.best_map, p.best_epoch, p.bad_epochs = stats["val_mAP"], epoch, 0
+                self.save_best()
+            else:
+                p.bad_epochs += 1
+            stop = cfg.train.patience > 0 and p.bad_epochs >= cfg.train.patience
+            p.status = (
+                "early_stopped" if stop else ("done" if epoch == cfg.train.epochs else "running")
+            )
+            row = {
+                "epoch": epoch,
+                **stats,
+                "best_val_mAP": p.best_map,
+                "best_epoch": p.best_epoch,
+                "status": p.status,
+            }
+            p.history.append(row)
+            self._write_history()
+            path = None
+            if cfg.train.keep_checkpoints:
+                path = self.out / CHECKPOINT
+                ckpt.atomic_save(self.state_dict(), path)
+            self._report(row, path)
+            log.info(
+                "epoch %d  loss %.4f  val mAP %.2f  rank-1 %.2f  (%.1f img/s)",
+                epoch,
+                stats["loss"],
+                stats["val_mAP"],
+                stats["val_rank1"],
+                stats["images_per_second"],
+            )
+        return p.status if p.status != "running" else "done"
+
+    def _report(self, row: dict[str, Any], path: Path | None) -> None:
+        if self.report is not None:
+            self.report(dict(row), path)
+
+    def _write_history(self) -> None:
+        rows = self.progress.history
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        tmp = self.out / "history.csv.tmp"
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(self.out / "history.csv")
+
+    def run(self) -> dict[str, Any]:
+        self.setup()
+        resume = self.out / CHECKPOINT
+        state = ckpt.load(resume) if resume.is_file() else None
+        if state is None:
+            self.stage1()
+        self.setup_stage2()
+        if state is not None:
+            self.load_state_dict(state)
+            log.info("resumed %s after epoch %d", self.out, self.progress.epoch)
+        self.compute_text_features()
+        status = self.fit()
+        return self.summary(status)
+
+    def summary(self, status: str, error: str | None = None) -> dict[str, Any]:
+        p = self.progress
+        best = next((r for r in p.history if r["epoch"] == p.best_epoch), {})
+        return {
+            "status": status,
+            "error": error,
+            "epochs": p.epoch,
+            "best_epoch": p.best_epoch,
+            "val_mAP": best.get("val_mAP", float("nan")),
+            "val_rank1": best.get("val_rank1", float("nan")),
+            "num_classes": len(getattr(self, "labels", {})),
+            **self.stage1_info,
+        }
+
+
+def train(
+    cfg: Config,
+    out_dir: str | Path,
+    *,
+    report: Report | None = None,
+    evaluate_on_test: bool = True,
+) -> dict[str, Any]:
+    """Train one configuration; returns (and writes to ``metrics.json``) its results.
+
+    Divergence (a non-finite loss) and running out of GPU memory end the run with
+    status ``diverged`` / ``oom`` instead of raising; the last ``report`` says so too.
+    """
+    trainer = Trainer(cfg, out_dir, report)
+    try:
+        result = trainer.run()
+    except Diverged as err:
+        result = _failed(trainer, "diverged", str(err))
+    except torch.OutOfMemoryError:
+        msg = f"out of memory at batch_size={cfg.train.batch_size}; lower train.batch_size"
+        result = _failed(trainer, "oom", msg)
+    if evaluate_on_test and result["status"] in ("done", "early_stopped"):
+        result["test"] = evaluate_test(cfg, out_dir, trainer=trainer)
+    write_json(Path(out_dir) / "metrics.json", result)
+    return result
+
+
+def _failed(trainer: Trainer, status: str, message: str) -> dict[str, Any]:
+    log.warning("run %s: %s", status, message)
+    result = trainer.summary(status, message)
+    trainer._report(
+        {
+            "epoch": trainer.progress.epoch,
+            "status": status,
+            "error": message,
+            "best_val_mAP": trainer.progress.best_map,
+            "val_mAP": float("nan"),
+        },
+        None,
+    )
+    return result
+
+
+def evaluate_test(cfg: Config, out_dir: str | Path, *, trainer: Trainer | None = None) -> dict:
+    """The test protocol on the best checkpoint: features once, then every split."""
+    out = Path(out_dir)
+    if trainer is None:
+        trainer = Trainer(cfg, out)
+        trainer.setup()
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.load_state_dict(ckpt.load(out / BEST)["model"])
+    protocol = trainer.split.test
+    test_set = ImageDataset(trainer.root, protocol.images, trainer.test_tf)
+    feats = extract_features(
+        model, trainer._plain_loader(test_set), trainer.device, flip=cfg.eval.flip_tta, desc="test"
+    )
+    result = evaluate_protocol(feats, protocol)
+    result["protocol"] = cfg.eval.protocol
+    return result
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(clean(doc), indent=2))
+    tmp.replace(path)

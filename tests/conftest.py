@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_CSV = Path(__file__).parent / "data" / "HandInfo.csv"  # the real 11k metadata
+TINY_YML = REPO / "spaces" / "base" / "tiny.yml"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Synthetic datasets and stage-1 results go to a per-session cache, shared by tests."""
+    cache = tmp_path_factory.mktemp("handreid-cache")
+    old = os.environ.get("HANDREID_CACHE")
+    os.environ["HANDREID_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("HANDREID_CACHE", None)
+    else:
+        os.environ["HANDREID_CACHE"] = old
+
+
+def tiny_overrides(**extra) -> dict:
+    """A small, fast variant of spaces/base/tiny.yml."""
+    base = {
+        "data.synth.ids": 16,
+        "data.synth.per_id": 5,
+        "train.stage1_epochs": 2,
+        "train.epochs": 3,
+        "train.patience": 0,
+    }
+    base.update(extra)
+    return base
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    from handreid.config import load_config
+
+    def make(**extra):
+        overrides = tiny_overrides(**extra)
+        overrides.setdefault("train.stage1_cache", str(tmp_path / "stage1"))
+        return load_config(TINY_YML, overrides)
+
+    return make
+
+
+def write_placeholders(root: Path, names) -> None:
+    """Tiny valid JPEGs named after the CSV's imageName column."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 12), (200, 150, 120)).save(buf, format="JPEG")
+    data = buf.getvalue()
+    (root / "Hands").mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (root / "Hands" / name).write_bytes(data)
+
+
+@pytest.fixture(scope="session")
+def real_root(tmp_path_factory) -> Path:
+    """The real HandInfo.csv with a placeholder image for every row."""
+    import shutil
+
+    import pandas as pd
+
+    root = tmp_path_factory.mktemp("real11k")
+    shutil.copyfile(REAL_CSV, root / "HandInfo.csv")
+    write_placeholders(root, pd.read_csv(REAL_CSV)["imageName"])
+    return root
