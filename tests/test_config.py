@@ -159,3 +159,21 @@ def test_cli_bad_config_is_one_line(tmp_path, capsys, content, args, expected):
     assert rc == 2
     assert err.count("\n") == 0 and "Traceback" not in err
     assert expected in err
+
+
+def test_base_configs_carry_the_seed_best_settings():
+    from tests.conftest import REPO
+
+    vit = load_config(REPO / "spaces" / "base" / "vitb16.yml")
+    assert (vit.model.backbone, vit.loss.arcface.scale, vit.loss.arcface.margin) == (
+        "ViT-B-16",
+        20,
+        0.3,
+    )
+    assert vit.optim.scheduler == "onecycle" and len(vit.loss.enabled()) == 5
+    rn = load_config(REPO / "spaces" / "base" / "rn50.yml")
+    assert (rn.model.backbone, rn.loss.arcface.scale, rn.loss.arcface.margin) == ("RN50", 35, 0.4)
+    assert not rn.loss.triplet.use and rn.loss.center.weight == 3e-4
+    assert rn.optim.lr_visual == 7e-5 and rn.optim.scheduler == "cosine"
+    for cfg in (vit, rn):  # the research code's placeholders are filled: 4 X's for n_ctx=4
+        assert cfg.model.n_ctx == 4 and cfg.data.split == "standard"
