@@ -22,8 +22,10 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "warning: could not install chromium; report rendering tests will fail"; }
 
+# The main job on the embedded default: a search over both tiny backbones on synthetic hands.
 demo: $(STAMP)
-	$(VENV)/bin/handreid-train --config spaces/base/tiny.yml --out runs/demo
+	rm -rf runs/demo
+	$(VENV)/bin/handreid-search --space spaces/demo.yml --name demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

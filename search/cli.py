@@ -1,0 +1,102 @@
+"""``handreid-search``: Ray Tune + Optuna over the two-stage training, pruned by ASHA."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+from pathlib import Path
+
+from handreid.cli_util import one_line_errors, setup_logging
+from handreid.config import parse_set_args
+from handreid.errors import HandReIDError
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="handreid-search", description=__doc__)
+    p.add_argument("--space", required=True, help="search-space YAML (spaces/*.yml)")
+    p.add_argument("--num-samples", type=int, help="trials to run (default: the space's)")
+    p.add_argument("--data-root", help="11k-layout dataset (default: the base config's)")
+    p.add_argument(
+        "--storage", default="runs", help="results folder or pyarrow URI (default runs/)"
+    )
+    p.add_argument("--name", help="search name (default: the space file's name)")
+    p.add_argument("--address", help="join a Ray cluster ('auto' or host:port); default: local")
+    p.add_argument("--resume", action="store_true", help="continue a killed search")
+    p.add_argument("--max-concurrent", type=int, help="trials running at once")
+    p.add_argument("--cpus-per-trial", type=float)
+    p.add_argument("--gpus-per-trial", type=float, help="may be fractional, e.g. 0.25")
+    p.add_argument("--no-stage1-cache", action="store_true", help="recompute stage 1 per trial")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a base-config value for every trial",
+    )
+    p.add_argument("--quiet", action="store_true", help="no live trial table")
+    return p
+
+
+def check_args(args) -> None:
+    for flag in ("num_samples", "max_concurrent"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise HandReIDError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
+        raise HandReIDError("--cpus-per-trial must be > 0")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        raise HandReIDError("--gpus-per-trial must be >= 0")
+    if args.name and not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name):
+        raise HandReIDError(f"--name may use letters, digits, '.', '_' and '-' only: {args.name!r}")
+    if args.data_root and not Path(args.data_root).is_dir():
+        raise HandReIDError(f"--data-root {args.data_root}: not a folder")
+
+
+def print_best(table, metric: str) -> None:
+    cols = ["backbone", "trial_id", "status", "epochs", f"best_{metric}", "test_rank1", "test_mAP"]
+    best = table[table["status"] != "failed"].groupby("backbone", sort=False).head(1)
+    print("\nbest configuration per backbone:")
+    print(best[[c for c in cols if c in best]].to_string(index=False))
+    counts = table["status"].value_counts().to_dict()
+    print(f"trials: {len(table)} ({', '.join(f'{v} {k}' for k, v in counts.items())})")
+
+
+@one_line_errors
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    check_args(args)
+    from search.space import load_space
+
+    overrides = parse_set_args(args.overrides)
+    if args.data_root:
+        overrides["data.root"] = str(Path(args.data_root).resolve())
+    space = load_space(args.space, overrides)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    from search.driver import SearchOptions, local_run_dir, run_search
+
+    opts = SearchOptions(
+        name=args.name or Path(args.space).stem,
+        storage=args.storage,
+        address=args.address,
+        resume=args.resume,
+        num_samples=args.num_samples,
+        max_concurrent=args.max_concurrent,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        stage1_cache=not args.no_stage1_cache,
+        verbose=0 if args.quiet else 1,
+    )
+    table = run_search(space, opts)
+    print_best(table, space.tune.metric)
+    print(f"run directory: {local_run_dir(opts)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""OptunaSearch that tells Optuna the truth about how each trial ended.
+
+Ray hands a trial stopped early by ASHA to the searcher as if it had completed, and
+Optuna would record it as COMPLETE with its early value, which misleads TPE and the
+importance analysis. Here such a trial is told as PRUNED (keeping its intermediate
+values, reported per epoch); a trial whose training diverged or ran out of memory is
+told as FAIL with the reason as a user attribute.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+log = logging.getLogger(__name__)
+
+FAILED_STATUSES = ("diverged", "oom")
+
+
+def ending(result: dict[str, Any] | None, error: bool) -> tuple[str, str | None]:
+    """How a trial ended from its last result: complete, pruned or failed (with reason)."""
+    result = result or {}
+    status = result.get("status")
+    if error:
+        return "failed", "the trial raised an error"
+    if status in FAILED_STATUSES:
+        return "failed", f"{status}: {result.get('error') or status}"
+    if status == "running":
+        return "pruned", None
+    if status in ("done", "early_stopped"):
+        return "complete", None
+    return "failed", "no result reported"
+
+
+class HandReIDOptunaSearch(OptunaSearch):
+    def suggest(self, trial_id: str) -> dict | None:
+        params = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+        return params
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        value, epoch = result.get(self.metric), int(result.get("epoch", 0))
+        steps = self.__dict__.setdefault("_reported_epochs", {}).setdefault(trial_id, set())
+        if value is not None and value == value and epoch not in steps:  # skip NaN, repeats
+            self._ot_trials[trial_id].report(float(value), epoch)
+            steps.add(epoch)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        trial = self._ot_trials[trial_id]
+        if result and not error:  # the result that made ASHA stop the trial is not sent above
+            self.on_trial_result(trial_id, result)
+        kind, reason = ending(result, error)
+        epoch = int((result or {}).get("epoch", 0))
+        trial.set_user_attr("epochs", epoch)
+        try:
+            if kind == "pruned":
+                trial.set_user_attr("pruned_at_epoch", epoch)
+                self._ot_study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            elif kind == "failed":
+                trial.set_user_attr("fail_reason", reason)
+                self._ot_study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            else:
+                self._ot_study.tell(trial, float(result[self.metric]))
+        except Exception as exc:  # e.g. a NaN objective: keep the search going
+            log.warning("could not record trial %s in the study: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)

@@ -1,0 +1,375 @@
+"""Search-space files: parsing, validation and the Optuna define-by-run function.
+
+Pure Python: nothing here imports Ray or Optuna (the define-by-run function only calls
+``suggest_*`` on the trial it is given), so the whole conversion is testable without them.
+
+A space file has four sections::
+
+    base: base/tiny.yml                 # path relative to the space file, or an inline mapping
+    fixed: {train.stage1_epochs: 3}     # dotted overrides applied to every trial
+    search:
+      optim.lr_visual: {type: float, low: 1e-4, high: 1e-2, log: true}
+      loss.center.use: {type: bool}
+      loss.center.weight: {type: float, low: 1e-4, high: 1e-3, log: true,
+                           when: {loss.center.use: true}}
+      model.unfreeze_blocks:            # one branch per condition (ranges per backbone)
+        - {when: {model.backbone: tiny-vit}, type: int, low: -1, high: 2}
+        - {when: {model.backbone: tiny-rn}, type: int, low: -1, high: 4}
+    start_points:                       # evaluated first; unlisted keys take the base value
+      - {model.backbone: tiny-vit}
+    tune: {num_samples: 12, metric: val_mAP, mode: max, scheduler: {...}, resources: {...}}
+
+Integer bounds are inclusive. A branch's Optuna parameter name is ``key`` when the key
+has one branch and ``key|cond=value`` otherwise; :func:`config_key` maps it back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from handreid.config import Config, apply_overrides, flatten, from_dict, read_yaml, to_dict
+from handreid.errors import ConfigError
+
+TYPES = ("float", "int", "categorical", "bool")
+
+
+def config_key(name: str) -> str:
+    """Optuna parameter name -> dotted config key."""
+    return name.split("|", 1)[0]
+
+
+@dataclass(frozen=True)
+class Branch:
+    name: str  # Optuna parameter name
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple = ()
+    when: tuple[tuple[str, Any], ...] = ()
+
+    def active(self, values: dict[str, Any]) -> bool:
+        return all(k in values and values[k] == v for k, v in self.when)
+
+    def suggest(self, trial) -> Any:
+        if self.type == "float":
+            return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
+        if self.type == "int":
+            return trial.suggest_int(
+                self.name, int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
+            )
+        if self.type == "bool":
+            return trial.suggest_categorical(self.name, [False, True])
+        return trial.suggest_categorical(self.name, list(self.choices))
+
+    def contains(self, value: Any) -> bool:
+        if self.type == "bool":
+            return isinstance(value, bool)
+        if self.type == "categorical":
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.type == "int" and int(value) != value:
+            return False
+        return self.low <= value <= self.high
+
+    def describe(self) -> str:
+        if self.type in ("float", "int"):
+            return f"{self.type} [{self.low}, {self.high}]" + (" log" if self.log else "")
+        return f"one of {list(self.choices) if self.type == 'categorical' else [False, True]}"
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str
+    branches: tuple[Branch, ...]
+
+    def branch_for(self, values: dict[str, Any]) -> Branch | None:
+        return next((b for b in self.branches if b.active(values)), None)
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    num_samples: int = 12
+    metric: str = "val_mAP"
+    mode: str = "max"
+    seed: int = 0
+    n_startup_trials: int = 5  # random trials before TPE takes over
+    max_concurrent: int = 2
+    grace_period: int = 2
+    reduction_factor: int = 2
+    max_epochs: int | None = None  # default: the base config's train.epochs
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_failures: int = 2
+    top_k: int = 3
+    checkpoints_to_keep: int = 2
+
+
+@dataclass
+class SearchSpace:
+    source: str
+    base: Config
+    fixed: dict[str, Any]
+    params: list[Param]
+    start_points: list[dict[str, Any]] = field(default_factory=list)
+    tune: TuneSettings = field(default_factory=TuneSettings)
+
+    # --------------------------------------------------------------- Optuna
+
+    def define_by_run(self, trial) -> None:
+        """Suggest every active parameter on ``trial`` (an Optuna trial or compatible)."""
+        values: dict[str, Any] = {}
+        for param in self.params:
+            branch = param.branch_for(values)
+            if branch is not None:
+                values[param.key] = branch.suggest(trial)
+
+    def optuna_point(self, point: dict[str, Any]) -> dict[str, Any]:
+        """A start point (dotted keys) as Optuna parameter names, unlisted keys from the base."""
+        base = flatten(to_dict(self.trial_config({})))
+        values: dict[str, Any] = {}
+        out: dict[str, Any] = {}
+        for param in self.params:
+            branch = param.branch_for(values)
+            if branch is None:
+                continue
+            value = point.get(param.key, base.get(param.key))
+            if not branch.contains(value):
+                raise ConfigError(
+                    f"start point value {value!r} is outside the space ({branch.describe()})",
+                    key=f"start_points.{param.key}",
+                    source=self.source,
+                )
+            values[param.key] = out[branch.name] = value
+        return out
+
+    def optuna_points(self) -> list[dict[str, Any]]:
+        return [self.optuna_point(p) for p in self.start_points]
+
+    # --------------------------------------------------------------- configs
+
+    @property
+    def max_epochs(self) -> int:
+        return self.tune.max_epochs or self.base.train.epochs
+
+    def trial_config(self, params: dict[str, Any], extra: dict[str, Any] | None = None) -> Config:
+        """Base config + fixed overrides + ``extra`` + a trial's parameters (Optuna names)."""
+        flat = {**self.fixed, "train.epochs": self.max_epochs, **(extra or {})}
+        flat.update({config_key(name): value for name, value in params.items()})
+        return apply_overrides(self.base, flat)
+
+
+# ------------------------------------------------------------------ parsing
+
+
+def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchSpace:
+    """Read and validate a space file; every error names the file and the key."""
+    path = Path(path)
+    source = str(path)
+    doc = read_yaml(path)
+    if not isinstance(doc, dict):
+        raise ConfigError("a space file must be a mapping", source=source)
+    unknown = set(doc) - {"base", "fixed", "search", "start_points", "tune"}
+    if unknown:
+        raise ConfigError(f"unknown section {sorted(unknown)[0]!r}", source=source)
+    try:
+        base = _load_base(doc.get("base"), path.parent)
+        fixed = dict(doc.get("fixed") or {})
+        base = apply_overrides(base, overrides or {})
+        base = apply_overrides(base, fixed)
+        params = _parse_params(doc.get("search") or {}, base)
+        tune = _parse_tune(doc.get("tune") or {})
+        points = doc.get("start_points") or []
+        if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+            raise ConfigError("must be a list of mappings", key="start_points")
+    except ConfigError as err:
+        raise (err if err.source else err.in_file(source)) from None
+    space = SearchSpace(source, base, {**fixed, **(overrides or {})}, params, points, tune)
+    try:
+        space.trial_config({})
+    except ConfigError as err:
+        raise err.in_file(source) from None
+    for point in points:
+        for key in point:
+            if key not in {p.key for p in params}:
+                raise ConfigError(
+                    "start point sets a key that is not searched",
+                    key=f"start_points.{key}",
+                    source=source,
+                )
+        space.optuna_point(point)
+    return space
+
+
+def _load_base(base: Any, folder: Path) -> Config:
+    if base is None:
+        raise ConfigError("missing: a path to a base config or an inline mapping", key="base")
+    if isinstance(base, str):
+        path = (folder / base) if not Path(base).is_absolute() else Path(base)
+        try:
+            return from_dict(Config, read_yaml(path))
+        except ConfigError as err:
+            raise (err if err.source else err.in_file(str(path))) from None
+    if isinstance(base, dict):
+        try:
+            return from_dict(Config, base)
+        except ConfigError as err:
+            raise err.at("base") from None
+    raise ConfigError("must be a path or a mapping", key="base")
+
+
+def _parse_params(search: dict, base: Config) -> list[Param]:
+    if not isinstance(search, dict) or not search:
+        raise ConfigError("must map at least one dotted config key to a range", key="search")
+    known = flatten(to_dict(base))
+    params: list[Param] = []
+    for key, spec in search.items():
+        if key not in known:
+            raise ConfigError("not a key of the config tree", key=f"search.{key}")
+        specs = spec if isinstance(spec, list) else [spec]
+        if not specs:
+            raise ConfigError("no branches", key=f"search.{key}")
+        names = [_branch_name(key, s, len(specs)) for s in specs]
+        branches = tuple(
+            _parse_branch(s, name, f"search.{key}", params, base, key)
+            for s, name in zip(specs, names)
+        )
+        if len(set(names)) != len(names):
+            raise ConfigError("branches need distinct `when` conditions", key=f"search.{key}")
+        params.append(Param(key, branches))
+    return params
+
+
+def _branch_name(key: str, spec: Any, n_branches: int) -> str:
+    if n_branches == 1 or not isinstance(spec, dict):
+        return key
+    when = spec.get("when") or {}
+    return f"{key}|" + ",".join(f"{k}={v}" for k, v in when.items())
+
+
+def _parse_branch(
+    spec: Any, name: str, where: str, earlier: list[Param], base: Config, key: str
+) -> Branch:
+    if not isinstance(spec, dict):
+        raise ConfigError("must be a mapping with a `type`", key=where)
+    unknown = set(spec) - {"type", "low", "high", "log", "step", "choices", "when"}
+    if unknown:
+        raise ConfigError(f"unknown field {sorted(unknown)[0]!r}", key=where)
+    kind = spec.get("type")
+    if kind not in TYPES:
+        raise ConfigError(f"type must be one of {', '.join(TYPES)}, got {kind!r}", key=where)
+    when = _parse_when(spec.get("when"), where, earlier)
+    if kind in ("float", "int"):
+        low, high = _number(spec, "low", where), _number(spec, "high", where)
+        if low >= high:
+            raise ConfigError(f"low must be < high, got low={low}, high={high}", key=where)
+        log = bool(spec.get("log", False))
+        if log and low <= 0:
+            raise ConfigError(f"log scale needs low > 0, got {low}", key=where)
+        if kind == "int" and (int(low) != low or int(high) != high):
+            raise ConfigError("int bounds must be integers", key=where)
+        step = spec.get("step")
+        branch = Branch(name, kind, low, high, log, step, when=when)
+    elif kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError("categorical needs a non-empty `choices` list", key=where)
+        branch = Branch(name, kind, choices=tuple(choices), when=when)
+    else:
+        branch = Branch(name, kind, when=when)
+    _check_values_fit_config(branch, base, key, where)
+    return branch
+
+
+def _number(spec: dict, field_name: str, where: str) -> float:
+    value = spec.get(field_name)
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"`{field_name}` must be a number, got {value!r}", key=where)
+    return value
+
+
+def _parse_when(when: Any, where: str, earlier: list[Param]) -> tuple[tuple[str, Any], ...]:
+    if when is None:
+        return ()
+    if not isinstance(when, dict) or not when:
+        raise ConfigError("`when` must map a searched key to a value", key=where)
+    by_key = {p.key: p for p in earlier}
+    for cond_key, value in when.items():
+        if cond_key not in by_key:
+            raise ConfigError(
+                f"`when` points to {cond_key!r}, which is not a parameter searched above it",
+                key=where,
+            )
+        if not any(b.contains(value) for b in by_key[cond_key].branches):
+            raise ConfigError(
+                f"`when` value {value!r} can never be drawn for {cond_key}", key=where
+            )
+    return tuple(when.items())
+
+
+def _check_values_fit_config(branch: Branch, base: Config, key: str, where: str) -> None:
+    """The range's ends (or every choice) must be valid config values, e.g. unfreeze depth."""
+    if branch.type == "categorical":
+        samples = list(branch.choices)
+    elif branch.type == "bool":
+        samples = [False, True]
+    else:
+        samples = [branch.low, branch.high]
+        if branch.type == "int":
+            samples = [int(v) for v in samples]
+    overrides = dict(branch.when)
+    for value in samples:
+        try:
+            apply_overrides(base, {**overrides, key: value})
+        except ConfigError as err:
+            raise ConfigError(
+                f"value {value!r} is invalid here: {err.message}", key=where
+            ) from None
+
+
+def _parse_tune(doc: dict) -> TuneSettings:
+    if not isinstance(doc, dict):
+        raise ConfigError("must be a mapping", key="tune")
+    flat = dict(doc)
+    scheduler = flat.pop("scheduler", None) or {}
+    resources = flat.pop("resources", None) or {}
+    if scheduler.get("type", "asha") != "asha":
+        raise ConfigError("only the asha scheduler is supported", key="tune.scheduler.type")
+    mapped = {
+        **flat,
+        **{k: v for k, v in scheduler.items() if k != "type"},
+        **{f"{k}_per_trial": v for k, v in resources.items()},
+    }
+    try:
+        tune = from_dict(TuneSettings, mapped)
+    except ConfigError as err:
+        raise err.at("tune") from None
+    checks = [
+        (tune.num_samples >= 1, "num_samples", "must be >= 1"),
+        (tune.mode in ("max", "min"), "mode", "must be max or min"),
+        (tune.grace_period >= 1, "grace_period", "must be >= 1"),
+        (tune.reduction_factor >= 2, "reduction_factor", "must be >= 2"),
+        (
+            tune.max_epochs is None or tune.max_epochs >= tune.grace_period,
+            "max_epochs",
+            "must be >= grace_period",
+        ),
+        (tune.cpus_per_trial > 0, "cpus_per_trial", "must be > 0"),
+        (tune.gpus_per_trial >= 0, "gpus_per_trial", "must be >= 0"),
+        (tune.max_concurrent >= 1, "max_concurrent", "must be >= 1"),
+        (tune.top_k >= 0, "top_k", "must be >= 0"),
+    ]
+    for ok, key, message in checks:
+        if not ok:
+            raise ConfigError(message, key=f"tune.{key}")
+    return tune

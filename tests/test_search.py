@@ -1,0 +1,220 @@
+"""The search on a local Ray instance: pruning, failures, stage-1 sharing, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def small_space(
+    tmp_path: Path,
+    *,
+    num_samples: int,
+    search=None,
+    start_points=None,
+    max_epochs: int = 4,
+    fixed=None,
+) -> Path:
+    doc = {
+        "base": str(REPO / "spaces" / "base" / "tiny.yml"),
+        "fixed": {
+            "data.synth.ids": 24,
+            "data.synth.per_id": 4,
+            "train.stage1_epochs": 1,
+            "train.patience": 0,
+            **(fixed or {}),
+        },
+        "search": search
+        or {
+            "model.backbone": {"type": "categorical", "choices": ["tiny-vit", "tiny-rn"]},
+            "optim.lr_visual": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        },
+        "start_points": start_points or [],
+        "tune": {
+            "num_samples": num_samples,
+            "seed": 0,
+            "n_startup_trials": 3,
+            "max_concurrent": 2,
+            "max_failures": 1,
+            "top_k": 1,
+            "scheduler": {
+                "type": "asha",
+                "grace_period": 1,
+                "reduction_factor": 2,
+                "max_epochs": max_epochs,
+            },
+            "resources": {"cpus": 1, "gpus": 0},
+        },
+    }
+    path = tmp_path / "space.yml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def load_study(run_dir: Path, name: str) -> optuna.Study:
+    return optuna.load_study(
+        study_name=f"handreid-{name}", storage=f"sqlite:///{run_dir / 'study.db'}"
+    )
+
+
+def test_search_prunes_fails_shares_stage1_and_scores_the_best(ray_local, tmp_path):
+    from search.driver import SearchOptions, run_search
+    from search.space import load_space
+
+    good = {"model.unfreeze_blocks": 4, "optim.lr_heads": 0.003}
+    frozen = {"model.unfreeze_blocks": 0, "optim.lr_heads": 1e-12}  # stays at its epoch-1 value
+    space = load_space(
+        small_space(
+            tmp_path,
+            num_samples=7,
+            fixed={"model.backbone": "tiny-rn"},
+            search={
+                "optim.lr_visual": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+                "model.unfreeze_blocks": {"type": "int", "low": 0, "high": 4},
+                "optim.lr_heads": {"type": "categorical", "choices": [0.003, 1e-12, 1e30]},
+            },
+            start_points=[
+                {**good, "optim.lr_visual": 3e-3},
+                {**good, "optim.lr_visual": 2e-3},
+                {**frozen, "optim.lr_visual": 1e-3},
+                {**frozen, "optim.lr_visual": 1e-4},
+                {**good, "optim.lr_heads": 1e30},
+            ],
+        )
+    )  # the last one diverges
+    opts = SearchOptions(name="s", storage=str(tmp_path / "runs"), verbose=0)
+    table = run_search(space, opts)
+    run_dir = tmp_path / "runs" / "s"
+
+    assert len(table) == 7 and table["trial_id"].is_unique
+    assert set(table["status"]) <= {"complete", "pruned", "failed"}
+    assert (table["status"] == "pruned").sum() >= 2  # at least the two frozen trials
+    failed = table[table["status"] == "failed"]
+    assert len(failed) >= 1 and failed["fail_reason"].str.startswith("diverged").all()
+
+    study = load_study(run_dir, "s")
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) == (table["status"] == "pruned").sum()
+    assert states.count(optuna.trial.TrialState.FAIL) == len(failed)
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert all(t.intermediate_values and t.user_attrs["pruned_at_epoch"] < 4 for t in pruned)
+    assert [t.params["optim.lr_visual"] for t in study.trials[:4]] == [3e-3, 2e-3, 1e-3, 1e-4]
+    assert study.trials[4].params["optim.lr_heads"] == 1e30  # start points go first
+    assert "diverged" in study.trials[4].user_attrs["fail_reason"]
+    frozen_trials = {t.user_attrs["ray_trial_id"] for t in study.trials[2:4]}
+    assert set(table[table.trial_id.isin(frozen_trials)]["status"]) == {"pruned"}
+
+    # stage 1 ran once for the whole search: no stage-2 parameter changes its key
+    log = (run_dir / "stage1_cache" / "computations.log").read_text().splitlines()
+    assert len(log) == 1
+
+    # the best trial of each backbone was scored on the test protocol, and only those
+    scored = table.dropna(subset=["test_mAP"])
+    assert sorted(scored["backbone"]) == sorted(
+        table[table.status != "failed"]["backbone"].unique()
+    )
+    for backbone in scored["backbone"]:
+        best = run_dir / "best" / backbone
+        assert (best / "config.yaml").is_file() and (best / "best.pt").is_file()
+        test = json.loads((best / "test_metrics.json").read_text())
+        assert len(test["per_split"]) == 10
+    on_disk = pd.read_csv(run_dir / "trials.csv")
+    assert len(on_disk) == 7
+
+
+def _trial_results(run_dir: Path) -> dict[str, list[dict]]:
+    out = {}
+    for trial in run_dir.glob("trial_*"):
+        lines = (
+            (trial / "result.json").read_text().splitlines()
+            if (trial / "result.json").exists()
+            else []
+        )
+        out[trial.name] = [json.loads(line) for line in lines if line.strip()]
+    return out
+
+
+def test_sigkill_then_resume_accounts_for_every_trial(tmp_path):
+    space = small_space(tmp_path, num_samples=6, max_epochs=6)
+    storage = tmp_path / "runs"
+    cmd = [
+        sys.executable,
+        "-m",
+        "search.cli",
+        "--space",
+        str(space),
+        "--storage",
+        str(storage),
+        "--name",
+        "k",
+        "--quiet",
+    ]
+    env = {**os.environ, "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    run_dir = storage / "k"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        finished = [
+            t
+            for t, rows in _trial_results(run_dir).items()
+            if rows and rows[-1].get("status") in ("done", "early_stopped")
+        ]
+        if len(finished) >= 1 and len(_trial_results(run_dir)) >= 3:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the search did not get going")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _trial_results(run_dir)
+    done_before = {
+        t: len(rows)
+        for t, rows in before.items()
+        if rows and rows[-1].get("status") in ("done", "early_stopped")
+    }
+    assert not (run_dir / "trials.csv").exists()
+
+    out = subprocess.run(
+        cmd + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = pd.read_csv(run_dir / "trials.csv")
+    assert len(table) == 6 and table["trial_id"].is_unique
+    assert set(table["status"]) <= {"complete", "pruned"}
+    after = _trial_results(run_dir)
+    for trial, n_rows in done_before.items():  # finished trials were not rerun
+        assert len(after[trial]) == n_rows
+    for trial, rows in after.items():  # no epoch reported twice, none lost
+        epochs = [r["epoch"] for r in rows]
+        assert epochs == list(range(1, len(epochs) + 1)), (trial, epochs)
