@@ -27,7 +27,7 @@ demo: $(STAMP)
 	rm -rf runs/demo
 	$(VENV)/bin/handreid-search --space spaces/demo.yml --name demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

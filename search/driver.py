@@ -167,6 +167,7 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> pd.DataFrame:
         raise HandReIDError(f"nothing to resume at {path}")
     if not opts.resume and exists:
         raise HandReIDError(f"a search already exists at {path}: pass --resume or a new --name")
+    write_search_meta(space, opts)
     if opts.resume:
         run_dir = local_run_dir(opts)
         tuner = tune.Tuner.restore(
@@ -180,6 +181,38 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> pd.DataFrame:
         tuner = build_tuner(space, opts)
     grid = tuner.fit()
     return finish(space, opts, grid)
+
+
+def write_search_meta(space: SearchSpace, opts: SearchOptions) -> None:
+    """What the analysis needs to read the run without Ray or the space file."""
+    run_dir = local_run_dir(opts)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "name": opts.name,
+        "space": space.source,
+        "metric": space.tune.metric,
+        "mode": space.tune.mode,
+        "num_samples": opts.num_samples or space.tune.num_samples,
+        "max_epochs": space.max_epochs,
+        "base_backbone": space.base.model.backbone,
+        "params": [p.key for p in space.params],
+        "distributions": {
+            b.name: {
+                "key": p.key,
+                "type": b.type,
+                "low": b.low,
+                "high": b.high,
+                "log": b.log,
+                "choices": list(b.choices),
+                "when": dict(b.when),
+            }
+            for p in space.params
+            for b in p.branches
+        },
+    }
+    tmp = run_dir / "search.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(run_dir / "search.json")
 
 
 def prepare_data(space: SearchSpace) -> None:
@@ -248,19 +281,6 @@ def finish(space: SearchSpace, opts: SearchOptions, grid) -> pd.DataFrame:
         table[col] = [tests.get(t, {}).get(col.removeprefix("test_")) for t in table["trial_id"]]
     fail_zombies(run_dir)
     write_table(table, run_dir / "trials.csv")
-    (run_dir / "search.json").write_text(
-        json.dumps(
-            {
-                "space": space.source,
-                "metric": space.tune.metric,
-                "mode": space.tune.mode,
-                "num_samples": opts.num_samples or space.tune.num_samples,
-                "params": [p.key for p in space.params],
-                "max_epochs": space.max_epochs,
-            },
-            indent=2,
-        )
-    )
     write_report(run_dir)
     return table
 

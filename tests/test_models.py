@@ -183,7 +183,7 @@ def test_stage1_gradients_reach_only_the_prompt_context(tiny_vit):
     tiny_vit.zero_grad(set_to_none=True)
     tiny_vit.set_stage(1)
     labels = torch.tensor([0, 1, 2, 2])
-    img = tiny_vit.encode_image(torch.randn(4, 3, 32, 32)).unit
+    img = tiny_vit.encode_image(torch.randn(4, 3, *tiny_vit.preprocess["size"])).unit
     text = tiny_vit.encode_text(labels)
     (supcon(img, text, labels, labels) + supcon(text, img, labels, labels)).backward()
     assert _grad_names(tiny_vit) == {"prompt.ctx"}
@@ -249,7 +249,7 @@ def test_with_each_loss_alone_its_own_parameters_move(name):
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     with torch.no_grad():
         text = model.encode_text(torch.arange(4))
-    out = model.encode_image(torch.randn(8, 3, 32, 32))
+    out = model.encode_image(torch.randn(8, 3, *model.preprocess["size"]))
     total, parts = losses(LossInputs(out.feat, out.bn_feat, out.unit, text[labels], labels))
     assert set(parts) == {name}
     total.backward()
