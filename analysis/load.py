@@ -130,7 +130,7 @@ def load_run(run_dir: str | Path) -> RunData:
         trial_id = folder.name.removeprefix("trial_")
         params_path = folder / "params.json"
         params = json.loads(params_path.read_text()) if params_path.is_file() else {}
-        results = _read_json_lines(folder / "result.json")
+        results = _one_per_epoch(_read_json_lines(folder / "result.json"))
         status, detail = _status(results, study.get(trial_id), final.get(trial_id))
         values = [r.get(metric) for r in results if _finite(r.get(metric))]
         best = (max if meta["mode"] == "max" else min)(values) if values else math.nan
@@ -173,6 +173,13 @@ def load_run(run_dir: str | Path) -> RunData:
         ),
         finished=bool(final),
     )
+
+
+def _one_per_epoch(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An epoch in flight when a driver died is replayed from the last checkpoint and
+    reported again (with the same values); keep the last report of each epoch."""
+    by_epoch = {r.get("epoch"): r for r in rows}
+    return [by_epoch[e] for e in sorted(by_epoch, key=lambda e: (e is None, e))]
 
 
 def _finite(value: Any) -> bool:

@@ -247,6 +247,7 @@ class TrainConfig:
     grad_accum: int = 1
     cpu: bool = False
     stage1_cache: str | None = None  # directory; null = ~/.cache/handreid/stage1
+    stage1_reuse: bool = True  # false: always compute stage 1 (no cache read or write)
     keep_checkpoints: bool = True  # write per-epoch resumable state
 
     def __post_init__(self) -> None:

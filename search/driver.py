@@ -127,7 +127,7 @@ def make_trainable(space: SearchSpace, opts: SearchOptions, run_dir: Path):
     if opts.stage1_cache and not is_uri(opts.storage):
         extra["train.stage1_cache"] = str(run_dir / "stage1_cache")  # shared by every trial
     elif not opts.stage1_cache:
-        extra["train.stage1_cache"] = None
+        extra["train.stage1_reuse"] = False
     cpus = opts.cpus_per_trial or space.tune.cpus_per_trial
     gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else space.tune.gpus_per_trial
     if gpus == 0:
@@ -180,7 +180,27 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> pd.DataFrame:
         prepare_data(space)
         tuner = build_tuner(space, opts)
     grid = tuner.fit()
+    if is_uri(opts.storage):
+        mirror_results(path, local_run_dir(opts))
     return finish(space, opts, grid)
+
+
+def mirror_results(uri: str, local: Path) -> None:
+    """Copy each trial's params.json and result.json from URI storage, for the report."""
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(uri)
+    selector = pyarrow.fs.FileSelector(root, recursive=True)
+    for info in fs.get_file_info(selector):
+        rel = Path(info.path).relative_to(root)
+        if (
+            len(rel.parts) == 2
+            and rel.parts[0].startswith("trial_")
+            and rel.name in ("params.json", "result.json")
+        ):
+            (local / rel.parent).mkdir(parents=True, exist_ok=True)
+            with fs.open_input_stream(info.path) as src:
+                (local / rel).write_bytes(src.read())
 
 
 def write_search_meta(space: SearchSpace, opts: SearchOptions) -> None:

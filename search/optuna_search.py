@@ -9,6 +9,7 @@ told as FAIL with the reason as a user attribute.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -48,7 +49,8 @@ class HandReIDOptunaSearch(OptunaSearch):
         value, epoch = result.get(self.metric), int(result.get("epoch", 0))
         steps = self.__dict__.setdefault("_reported_epochs", {}).setdefault(trial_id, set())
         if value is not None and value == value and epoch not in steps:  # skip NaN, repeats
-            self._ot_trials[trial_id].report(float(value), epoch)
+            with _already_told(trial_id):
+                self._ot_trials[trial_id].report(float(value), epoch)
             steps.add(epoch)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
@@ -59,8 +61,8 @@ class HandReIDOptunaSearch(OptunaSearch):
             self.on_trial_result(trial_id, result)
         kind, reason = ending(result, error)
         epoch = int((result or {}).get("epoch", 0))
-        trial.set_user_attr("epochs", epoch)
-        try:
+        with _already_told(trial_id):
+            trial.set_user_attr("epochs", epoch)
             if kind == "pruned":
                 trial.set_user_attr("pruned_at_epoch", epoch)
                 self._ot_study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -69,6 +71,16 @@ class HandReIDOptunaSearch(OptunaSearch):
                 self._ot_study.tell(trial, state=optuna.trial.TrialState.FAIL)
             else:
                 self._ot_study.tell(trial, float(result[self.metric]))
-        except Exception as exc:  # e.g. a NaN objective: keep the search going
-            log.warning("could not record trial %s in the study: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
+
+
+@contextlib.contextmanager
+def _already_told(trial_id: str):
+    """After a driver crash, Tune may replay a trial the study already recorded as finished
+    (the searcher's saved state is older than the study): keep the study's record."""
+    try:
+        yield
+    except optuna.exceptions.UpdateFinishedTrialError:
+        log.info("trial %s is already finished in the study; keeping that record", trial_id)
+    except ValueError as exc:  # e.g. a NaN objective: keep the search going
+        log.warning("could not record trial %s in the study: %s", trial_id, exc)

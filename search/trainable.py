@@ -48,13 +48,14 @@ def restore_into(out: Path, checkpoint) -> None:
 
 
 def run_trial(params: dict[str, Any], *, space: SearchSpace, extra: dict[str, Any]) -> None:
+    import ray
     from ray import tune
 
     from handreid.train.trainer import train
 
     cfg = space.trial_config(params, extra)
-    out = Path(tune.get_context().get_trial_dir()) / "run"
-    out.mkdir(parents=True, exist_ok=True)
+    ctx = tune.get_context()
+    out = scratch_dir(ctx.get_experiment_name(), ctx.get_trial_id())
     restore_into(out, tune.get_checkpoint())
     best = BestSoFar(space.tune.mode)
     history = out / "history.csv"
@@ -65,10 +66,13 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, extra: dict[str, An
             for row in csv.DictReader(fh):
                 best.update(float(row.get(space.tune.metric) or "nan"))
 
+    node_id = ray.get_runtime_context().get_node_id()
+
     def report(metrics: dict[str, Any], path: Path | None) -> None:
         row = scalar_metrics(metrics)
         row["objective"] = best.update(metrics.get(space.tune.metric))
         row["backbone"] = cfg.model.backbone
+        row["node_id"] = node_id  # where this epoch ran (retries move trials between nodes)
         if path is None:
             tune.report(row)
             return
@@ -79,3 +83,12 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, extra: dict[str, An
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     train(cfg, out, report=report, evaluate_on_test=False)
+    shutil.rmtree(out, ignore_errors=True)  # everything worth keeping is in Tune's checkpoints
+
+
+def scratch_dir(experiment: str, trial_id: str) -> Path:
+    """Node-local working folder of a trial, outside the folder Tune syncs: the trainer's
+    atomic writes must not race Tune's uploads, and checkpoints go to storage only once."""
+    out = Path(tempfile.gettempdir()) / "handreid-trials" / experiment / trial_id
+    out.mkdir(parents=True, exist_ok=True)
+    return out

@@ -218,3 +218,20 @@ def test_sigkill_then_resume_accounts_for_every_trial(tmp_path):
     for trial, rows in after.items():  # no epoch reported twice, none lost
         epochs = [r["epoch"] for r in rows]
         assert epochs == list(range(1, len(epochs) + 1)), (trial, epochs)
+
+
+def test_storage_can_be_a_pyarrow_uri(ray_local, tmp_path, monkeypatch):
+    from search.driver import SearchOptions, run_search
+    from search.space import load_space
+
+    monkeypatch.chdir(tmp_path)
+    space = load_space(small_space(tmp_path, num_samples=2, max_epochs=2))
+    uri = (tmp_path / "store").as_uri()  # file:///... through pyarrow's filesystem layer
+    table = run_search(space, SearchOptions(name="u", storage=uri, verbose=0))
+    assert len(table) == 2
+    remote = list((tmp_path / "store" / "u").glob("trial_*/result.json"))
+    assert len(remote) == 2
+    local = tmp_path / "runs" / "u"  # summaries and the study stay on the driver
+    assert (local / "trials.csv").is_file() and (local / "study.db").is_file()
+    assert len(list(local.glob("trial_*/result.json"))) == 2  # mirrored for the report
+    assert (local / "report" / "report.html").is_file()

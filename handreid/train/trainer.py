@@ -180,7 +180,10 @@ class Trainer:
             return {"ctx": self.model.prompt.ctx.detach().cpu(), "loss": history}
 
         start = time.time()
-        result, hit = cached_stage1(cache_dir, key, compute)
+        if cfg.train.stage1_reuse:
+            result, hit = cached_stage1(cache_dir, key, compute)
+        else:
+            result, hit = compute(), False
         with torch.no_grad():
             self.model.prompt.ctx.copy_(result["ctx"].to(self.device))
         self.stage1_info = {
@@ -232,7 +235,8 @@ class Trainer:
         self.losses.train()
         self.sampler.set_epoch(epoch)
         torch.manual_seed(cfg.train.seed * 100_003 + epoch)  # augmentations replay on resume
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}  # on the device: no host sync per step
+        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         seen, start = 0, time.time()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         for images, labels, _ in tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False):
@@ -248,8 +252,7 @@ class Trainer:
                         labels,
                     )
                     loss, parts = self.losses(inputs)
-                if not torch.isfinite(loss):
-                    raise Diverged(f"non-finite loss at epoch {epoch}")
+                nonfinite |= ~torch.isfinite(loss.detach())
                 acc.backward(loss)
                 if acc.sync_gradients and cfg.optim.grad_clip > 0:
                     acc.clip_grad_norm_(params, cfg.optim.grad_clip)  # before the step
@@ -261,9 +264,11 @@ class Trainer:
             seen += len(labels)
             for name, value in {"loss": loss, **parts}.items():
                 key = name if name == "loss" else f"loss_{name}"
-                sums[key] = sums.get(key, 0.0) + float(value.detach()) * len(labels)
+                sums[key] = sums.get(key, 0.0) + value.detach().float() * len(labels)
+        if nonfinite:  # one check per epoch; the epoch's weights are not kept
+            raise Diverged(f"non-finite loss at epoch {epoch}")
         seconds = time.time() - start
-        stats = {k: v / max(seen, 1) for k, v in sums.items()}
+        stats = {k: float(v) / max(seen, 1) for k, v in sums.items()}
         stats.update(epoch_seconds=seconds, images_per_second=seen / max(seconds, 1e-9))
         for group in self.optimizer.param_groups:
             stats[f"lr_{group.get('name', 'group')}"] = group["lr"]
