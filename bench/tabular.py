@@ -20,6 +20,7 @@ import math
 import os
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,14 +81,10 @@ def build(n_configs: int, workers: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["HANDREID_CACHE"] = tmp
         synthetic_root(space.base.data.synth)
-        _train_one((-1, configs[0], tmp))  # warm the stage-1 cache for both backbones
-        _train_one(
-            (
-                -1,
-                next(c for c in configs if c["model.backbone"] != configs[0]["model.backbone"]),
-                tmp,
-            )
-        )
+        for i, backbone in enumerate(sorted({c["model.backbone"] for c in configs})):
+            # warm the stage-1 cache of each backbone, so the workers do not race for it
+            first = next(c for c in configs if c["model.backbone"] == backbone)
+            _train_one((-1 - i, first, tmp))
         with mp.get_context("spawn").Pool(workers) as pool:
             rows = pool.map(_train_one, [(i, c, tmp) for i, c in enumerate(configs)])
     TABLE.write_text(
@@ -134,6 +131,7 @@ def replay_trainable(config: dict, table: Table, distributions: dict) -> None:
     from ray import tune
 
     row = table.nearest(config, distributions)
+    start = time.time_ns()  # orders trials exactly (timestamps in results are whole seconds)
     best = -math.inf
     for epoch, (value, seconds) in enumerate(zip(row["val_mAP"], row["epoch_seconds"]), 1):
         best = max(best, value)
@@ -144,6 +142,7 @@ def replay_trainable(config: dict, table: Table, distributions: dict) -> None:
                 "objective": best,
                 "sim_seconds": seconds,
                 "table_index": row["index"],
+                "start_ns": start,  # exact trial order (result timestamps are whole seconds)
                 "status": "done" if epoch == len(row["val_mAP"]) else "running",
             }
         )
@@ -212,7 +211,7 @@ def run_strategy(name: str, seed: int, num_samples: int, table: Table, tmp: str)
         df = result.metrics_dataframe
         trials.append(
             {
-                "start": float(df["timestamp"].iloc[0]) if len(df) else 0.0,
+                "start": int(df["start_ns"].iloc[0]) if len(df) else 0,
                 "values": df["val_mAP"].tolist(),
                 "seconds": df["sim_seconds"].tolist(),
             }

@@ -255,6 +255,7 @@ def test_check_table_for_one_aspect(real_root, capsys):
     )
     out = capsys.readouterr().out
     assert "palmar_r" in out and "905" in out and "dorsal_r" not in out
+    assert "palmar_r: dropped 848 rows with accessories" in out
 
 
 # ------------------------------------------------------------------ bad input

@@ -350,3 +350,17 @@ def test_test_features_are_extracted_once_for_all_splits(tiny_cfg, tmp_path, mon
     monkeypatch.setattr(trainer_mod, "extract_features", counting)
     result = train(tiny_cfg(**{"train.epochs": 1}), tmp_path / "run")
     assert calls.count("test") == 1 and len(result["test"]["per_split"]) == 10
+
+
+def test_resuming_a_directory_of_another_configuration_is_refused(tiny_cfg, tmp_path, capsys):
+    from handreid.errors import HandReIDError
+
+    train(tiny_cfg(**{"train.epochs": 1}), tmp_path / "run", evaluate_on_test=False)
+    with pytest.raises(HandReIDError, match=r"different configuration \(optim.lr_visual: 0.002"):
+        train(tiny_cfg(**{"train.epochs": 2, "optim.lr_visual": 0.01}), tmp_path / "run")
+    with pytest.raises(HandReIDError, match=r"train.epochs: 1 there, 2 now"):
+        train(tiny_cfg(**{"train.epochs": 2}), tmp_path / "run")
+    # where it runs may change: the same configuration on another device resumes
+    again = train(tiny_cfg(**{"train.epochs": 1, "data.num_workers": 1}), tmp_path / "run",
+                  evaluate_on_test=False)
+    assert again["epochs"] == 1 and again["status"] == "done"

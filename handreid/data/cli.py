@@ -109,7 +109,7 @@ def cmd_check(args) -> int:
     root = Path(args.root)
     df = read_handinfo(root / CSV_NAME)
     aspects = args.aspect or sorted(set(df["aspect"]), key=list(ASPECT_NAMES).index)
-    report = {}
+    report, reasons = {}, {}
     for aspect in aspects:
         records = aspect_records(df, aspect, filter_accessories=not args.keep_accessories)
         if not records.items:
@@ -117,10 +117,14 @@ def cmd_check(args) -> int:
         split = make_split(records, method=args.split)
         check_files_exist(root, records.items)
         report[aspect] = split_summary(split)
+        reasons[aspect] = {
+            **{f"rows with {k}": v for k, v in records.dropped.items()},
+            "single-image test ids": split.test.dropped_ids,
+        }
     if not args.no_decode:
         names = [n for a in aspects for n in df.loc[df["aspect"] == a, "imageName"]]
         corrupt = []
-        for name in tqdm(names, desc="decode", disable=args.json):
+        for name in tqdm(names, desc="decode", disable=args.json or None):
             try:
                 read_image(root / "Hands" / name)
             except DataError:
@@ -134,6 +138,9 @@ def cmd_check(args) -> int:
         print(json.dumps(report))
     else:
         _print_table(report)
+        for aspect, why in reasons.items():
+            parts = ", ".join(f"{n} {reason}" for reason, n in why.items() if n)
+            print(f"{aspect}: dropped {parts or 'nothing'}")
     return 0
 
 

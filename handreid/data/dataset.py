@@ -63,6 +63,6 @@ def preload(root: Path, items: Sequence[Item], size: tuple[int, int]) -> list[to
     """Decode and resize every image once; keep uint8 tensors (no JPEG decode per epoch)."""
     resize = v2.Resize(size, antialias=True)
     out = []
-    for it in tqdm(items, desc="decode", leave=False, disable=len(items) < 500):
+    for it in tqdm(items, desc="decode", leave=False, disable=len(items) < 500 or None):
         out.append(resize(read_image(root / it.path)).contiguous())
     return out

@@ -66,7 +66,9 @@ def prepare(
             if todo
             else []
         )
-        for (src, _), status in tqdm(zip(todo, jobs), total=len(todo), desc="prepare"):
+        for (src, _), status in tqdm(
+            zip(todo, jobs), total=len(todo), desc="prepare", disable=None
+        ):
             if status == "written":
                 result.written += 1
             else:

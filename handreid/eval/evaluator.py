@@ -23,7 +23,9 @@ def extract_features(
     was_training = model.training
     model.eval()
     feats = []
-    for images, _labels, _index in tqdm(loader, desc=desc, leave=False, disable=len(loader) < 20):
+    for images, _labels, _index in tqdm(
+        loader, desc=desc, leave=False, disable=len(loader) < 20 or None
+    ):
         images = images.to(device, non_blocking=True)
         f = model.embed(images).float()
         if flip:

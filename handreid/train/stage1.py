@@ -85,7 +85,7 @@ def train_prompts(
     device = accelerator.device
     feats, labels = image_feats.to(device), labels.to(device)
     history = []
-    for _ in tqdm(range(epochs), desc="stage 1", leave=False):
+    for _ in tqdm(range(epochs), desc="stage 1", leave=False, disable=None):
         total = 0.0
         for idx in torch.randperm(len(labels), generator=gen).split(batch_size):
             idx = idx.to(device)

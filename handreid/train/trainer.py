@@ -26,12 +26,13 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from handreid.config import Config, dump_config
+from handreid.config import Config, dump_config, flatten, to_dict
 from handreid.data.build import build_split, cache_root, resolve_root
 from handreid.data.dataset import ImageDataset
 from handreid.data.sampler import PKSampler
 from handreid.data.splits import DataSplit, save_manifest
 from handreid.data.transforms import build_test_transform, build_train_transform
+from handreid.errors import HandReIDError
 from handreid.eval.evaluator import evaluate_protocol, evaluate_val, extract_features
 from handreid.losses import LossInputs, build_loss_set
 from handreid.models.model import build_model
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 Report = Callable[[dict[str, Any], Path | None], None]
 CHECKPOINT = "checkpoint.pt"
+# keys that may change between a run and its resumption (where it runs, not what it trains)
+RESUMABLE = {"train.cpu", "data.num_workers", "data.root", "train.stage1_cache", "eval.batch_size"}
 BEST = "best.pt"
 
 
@@ -239,7 +242,9 @@ class Trainer:
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         seen, start = 0, time.time()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        for images, labels, _ in tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False):
+        for images, labels, _ in tqdm(
+            self.train_loader, desc=f"epoch {epoch}", leave=False, disable=None
+        ):  # no bars when not on a terminal
             images, labels = images.to(self.device), labels.to(self.device)
             with acc.accumulate(self.model):
                 with acc.autocast():
@@ -306,7 +311,20 @@ class Trainer:
             "progress": self.progress.__dict__,
             "rng": ckpt.rng_state(),
             "stage1": self.stage1_info,
+            "config": to_dict(self.cfg),
         }
+
+    def check_same_config(self, state: dict[str, Any]) -> None:
+        """Refuse to resume a run directory that holds a run of another configuration."""
+        saved = flatten(state.get("config") or {})
+        ours = flatten(to_dict(self.cfg))
+        changed = [k for k in ours if k in saved and saved[k] != ours[k] and k not in RESUMABLE]
+        if changed:
+            key = changed[0]
+            raise HandReIDError(
+                f"{self.out} holds a checkpoint of a different configuration ({key}: "
+                f"{saved[key]!r} there, {ours[key]!r} now); use another output directory"
+            )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.accelerator.unwrap_model(self.model).load_state_dict(state["model"])
@@ -396,6 +414,7 @@ class Trainer:
             self.stage1()
         self.setup_stage2()
         if state is not None:
+            self.check_same_config(state)
             self.load_state_dict(state)
             log.info("resumed %s after epoch %d", self.out, self.progress.epoch)
         self.compute_text_features()
