@@ -139,8 +139,9 @@ def make_trainable(space: SearchSpace, opts: SearchOptions, run_dir: Path):
 def make_sampler(seed: int, n_startup_trials: int):
     import optuna
 
+    # group=True: TPE models each conditional sub-space (e.g. per backbone) on its own
     return optuna.samplers.TPESampler(
-        seed=seed, multivariate=True, n_startup_trials=n_startup_trials
+        seed=seed, multivariate=True, group=True, n_startup_trials=n_startup_trials
     )
 
 

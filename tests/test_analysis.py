@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -336,3 +337,19 @@ def test_png_export_with_the_system_chromium(tmp_path):
     pngs = sorted(p.name for p in (tmp_path / "out" / "png").iterdir())
     assert pngs == ["backbones.png", "curves.png", "history.png", "importance.png", "parallel.png"]
     assert not math.isnan(load_run(run).trials["best_val_mAP"].iloc[0])
+
+
+def test_analysis_needs_neither_ray_nor_the_trainer(tmp_path):
+    run = fabricate_run(tmp_path)
+    code = f"""
+import sys
+sys.modules["ray"] = None  # importing Ray would fail
+from analysis.report import write_all
+write_all([{str(run)!r}], {str(tmp_path / "out")!r})
+loaded = [m for m in ("torch", "open_clip", "accelerate", "handreid.train", "handreid.models",
+                      "search") if m in sys.modules]
+assert not loaded, loaded
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
