@@ -282,8 +282,27 @@ def trial_rows(space: SearchSpace, grid) -> list[dict[str, Any]]:
     return rows
 
 
+def set_aside_orphans(run_dir: Path, grid) -> int:
+    """Trial folders that Tune no longer knows (created by a killed driver after its last
+    state snapshot, then re-suggested as new trials on --resume) move to orphaned/: kept,
+    but out of the way of trials.csv and the report."""
+    known = {Path(r.path).name for r in grid}
+    orphans = [p for p in run_dir.glob("trial_*") if p.is_dir() and p.name not in known]
+    for folder in orphans:
+        (run_dir / "orphaned").mkdir(exist_ok=True)
+        folder.rename(run_dir / "orphaned" / folder.name)
+    if orphans:
+        log.warning(
+            "moved %d trial folders unknown to the resumed search to %s",
+            len(orphans),
+            run_dir / "orphaned",
+        )
+    return len(orphans)
+
+
 def finish(space: SearchSpace, opts: SearchOptions, grid) -> pd.DataFrame:
     run_dir = local_run_dir(opts)
+    set_aside_orphans(run_dir, grid)
     table = pd.DataFrame(trial_rows(space, grid))
     metric = f"best_{space.tune.metric}"
     table = table.sort_values(metric, ascending=space.tune.mode == "min", na_position="last")

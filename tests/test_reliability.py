@@ -78,6 +78,7 @@ def check_accounted(run_dir: Path) -> int:
     epochs re-executed after a crash (Tune is at-least-once for an epoch in flight)."""
     table = pd.read_csv(run_dir / "trials.csv", dtype={"trial_id": str})
     assert len(table) == NUM_SAMPLES and table["trial_id"].is_unique
+    assert set(results(run_dir)) == {f"trial_{t}" for t in table["trial_id"]}
     assert set(table["status"]) == {"complete"}, table[["trial_id", "status", "fail_reason"]]
     replays = 0
     for trial, rows in results(run_dir).items():
@@ -223,11 +224,14 @@ def test_a_killed_driver_resumes_on_the_same_cluster(cluster, tmp_path):
     after = results(run_dir)
     for trial, n in finished.items():
         assert len(after[trial]) == n  # finished trials were not rerun
+    orphaned = [p.name for p in (run_dir / "orphaned").glob("trial_*")]
+    assert not set(orphaned) & set(finished)  # only trials Tune never recorded
     record(
         "driver SIGKILL + --resume",
         retried=len(in_flight),
         epochs_replayed=replays,
         finished_before_kill=len(finished),
+        orphaned=len(orphaned),
         lost=0,
         duplicated=0,
     )

@@ -209,8 +209,9 @@ def test_sigkill_then_resume_accounts_for_every_trial(tmp_path):
         cmd + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    table = pd.read_csv(run_dir / "trials.csv")
+    table = pd.read_csv(run_dir / "trials.csv", dtype={"trial_id": str})
     assert len(table) == 6 and table["trial_id"].is_unique
+    assert set(_trial_results(run_dir)) == {f"trial_{t}" for t in table["trial_id"]}
     assert set(table["status"]) <= {"complete", "pruned"}
     after = _trial_results(run_dir)
     for trial, n_rows in done_before.items():  # finished trials were not rerun

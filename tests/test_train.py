@@ -361,6 +361,9 @@ def test_resuming_a_directory_of_another_configuration_is_refused(tiny_cfg, tmp_
     with pytest.raises(HandReIDError, match=r"train.epochs: 1 there, 2 now"):
         train(tiny_cfg(**{"train.epochs": 2}), tmp_path / "run")
     # where it runs may change: the same configuration on another device resumes
-    again = train(tiny_cfg(**{"train.epochs": 1, "data.num_workers": 1}), tmp_path / "run",
-                  evaluate_on_test=False)
+    again = train(
+        tiny_cfg(**{"train.epochs": 1, "data.num_workers": 1}),
+        tmp_path / "run",
+        evaluate_on_test=False,
+    )
     assert again["epochs"] == 1 and again["status"] == "done"
