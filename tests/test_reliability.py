@@ -223,7 +223,10 @@ def test_a_killed_driver_resumes_on_the_same_cluster(cluster, tmp_path):
     assert replays <= len(in_flight)  # resumed from checkpoints, not from scratch
     after = results(run_dir)
     for trial, n in finished.items():
-        assert len(after[trial]) == n  # finished trials were not rerun
+        # not rerun: at most its last epoch replays (identical), if the kill came between
+        # that report and the snapshot recording the trial as finished
+        assert n <= len(after[trial]) <= n + 1
+        assert [r["epoch"] for r in after[trial][:n]] == list(range(1, n + 1))
     orphaned = [p.name for p in (run_dir / "orphaned").glob("trial_*")]
     assert not set(orphaned) & set(finished)  # only trials Tune never recorded
     record(
