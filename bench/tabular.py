@@ -165,7 +165,14 @@ STRATEGIES = {
 }
 
 
-def run_strategy(name: str, seed: int, num_samples: int, table: Table, tmp: str) -> list[dict]:
+def run_strategy(
+    name: str,
+    seed: int,
+    num_samples: int,
+    table: Table,
+    tmp: str,
+    asha_settings: tuple[int, int] | None = None,
+) -> list[dict]:
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -190,8 +197,8 @@ def run_strategy(name: str, seed: int, num_samples: int, table: Table, tmp: str)
         ASHAScheduler(
             time_attr="epoch",
             max_t=table.max_epochs,
-            grace_period=t.grace_period,
-            reduction_factor=t.reduction_factor,
+            grace_period=(asha_settings or (t.grace_period, t.reduction_factor))[0],
+            reduction_factor=(asha_settings or (t.grace_period, t.reduction_factor))[1],
         )
         if asha
         else FIFOScheduler()
@@ -252,7 +259,14 @@ def score(trials: list[dict], best: float, budget_epochs: int) -> dict:
     }
 
 
-def replay(seeds: int, num_samples: int, budget_epochs: int, strategies=tuple(STRATEGIES)) -> None:
+def replay(
+    seeds: int,
+    num_samples: int,
+    budget_epochs: int,
+    strategies=tuple(STRATEGIES),
+    asha_settings: tuple[int, int] | None = None,
+    result_name: str = "tabular",
+) -> None:
     import ray
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -263,7 +277,11 @@ def replay(seeds: int, num_samples: int, budget_epochs: int, strategies=tuple(ST
     with tempfile.TemporaryDirectory() as tmp:
         for name in strategies:
             runs = [
-                score(run_strategy(name, seed, num_samples, table, tmp), table.best, budget_epochs)
+                score(
+                    run_strategy(name, seed, num_samples, table, tmp, asha_settings),
+                    table.best,
+                    budget_epochs,
+                )
                 for seed in range(seeds)
             ]
             per_strategy[name] = summarize(runs)
@@ -280,7 +298,7 @@ def replay(seeds: int, num_samples: int, budget_epochs: int, strategies=tuple(ST
     )
     line += f"; random/ours = {base / ours:.2f}x"
     emit(
-        "tabular",
+        result_name,
         line,
         {
             "seeds": seeds,
@@ -324,11 +342,26 @@ def main() -> None:
     r.add_argument("--num-samples", type=int, default=30)
     r.add_argument("--budget-epochs", type=int, default=150)
     r.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    r.add_argument(
+        "--asha",
+        nargs=2,
+        type=int,
+        metavar=("GRACE", "REDUCTION"),
+        help="ASHA settings instead of the demo space's",
+    )
+    r.add_argument("--name", default="tabular", help="result name (bench/results/NAME.json)")
     args = parser.parse_args()
     if args.cmd == "build":
         build(args.configs, args.workers)
     else:
-        replay(args.seeds, args.num_samples, args.budget_epochs, tuple(args.strategies))
+        replay(
+            args.seeds,
+            args.num_samples,
+            args.budget_epochs,
+            tuple(args.strategies),
+            tuple(args.asha) if args.asha else None,
+            args.name,
+        )
 
 
 if __name__ == "__main__":
