@@ -73,3 +73,83 @@ def real_root(tmp_path_factory) -> Path:
     shutil.copyfile(REAL_CSV, root / "HandInfo.csv")
     write_placeholders(root, pd.read_csv(REAL_CSV)["imageName"])
     return root
+
+
+# ------------------------------------------------------------------ searches in a subprocess
+
+SEARCH_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+
+
+def trial_results(run_dir: Path) -> dict[str, list[dict]]:
+    """Each trial folder's result.json rows (a line cut by a kill is skipped)."""
+    import json
+
+    out = {}
+    for trial in sorted(run_dir.glob("trial_*")):
+        path = trial / "result.json"
+        rows = []
+        for line in path.read_text().splitlines() if path.exists() else []:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+        out[trial.name] = rows
+    return out
+
+
+def search_command(space: Path, storage: Path, name: str, *extra: str) -> list[str]:
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "search.cli",
+        "--space",
+        str(space),
+        "--storage",
+        str(storage),
+        "--name",
+        name,
+        "--quiet",
+        *extra,
+    ]
+
+
+def sigkill_search_when(cmd: list[str], run_dir: Path, ready, timeout: float = 300) -> dict:
+    """Start a search, SIGKILL its process group once ``ready(results)`` holds; returns the
+    trial results as they were at the kill."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env={**os.environ, **SEARCH_ENV},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + timeout
+    while not ready(trial_results(run_dir)):
+        if time.time() > deadline or proc.poll() is not None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("the search did not get going (or ended before the kill)")
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return trial_results(run_dir)
+
+
+def resume_search(cmd: list[str], timeout: float = 600) -> None:
+    import subprocess
+
+    out = subprocess.run(
+        cmd + ["--resume"],
+        cwd=REPO,
+        env={**os.environ, **SEARCH_ENV},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]

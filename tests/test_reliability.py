@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, resume_search, search_command, sigkill_search_when, trial_results
 
 pytestmark = pytest.mark.slow
 NUM_SAMPLES, EPOCHS = 6, 8
@@ -50,21 +47,6 @@ def space_file(tmp_path: Path) -> Path:
     return path
 
 
-def results(run_dir: Path) -> dict[str, list[dict]]:
-    out = {}
-    for trial in sorted(run_dir.glob("trial_*")):
-        path = trial / "result.json"
-        lines = path.read_text().splitlines() if path.exists() else []
-        rows = []
-        for line in lines:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-        out[trial.name] = rows
-    return out
-
-
 def record(fault: str, **facts) -> None:
     """Append what happened to test-artifacts/reliability.jsonl (RELIABILITY.md's source)."""
     out = REPO / "test-artifacts"
@@ -78,10 +60,10 @@ def check_accounted(run_dir: Path) -> int:
     epochs re-executed after a crash (Tune is at-least-once for an epoch in flight)."""
     table = pd.read_csv(run_dir / "trials.csv", dtype={"trial_id": str})
     assert len(table) == NUM_SAMPLES and table["trial_id"].is_unique
-    assert set(results(run_dir)) == {f"trial_{t}" for t in table["trial_id"]}
+    assert set(trial_results(run_dir)) == {f"trial_{t}" for t in table["trial_id"]}
     assert set(table["status"]) == {"complete"}, table[["trial_id", "status", "fail_reason"]]
     replays = 0
-    for trial, rows in results(run_dir).items():
+    for trial, rows in trial_results(run_dir).items():
         by_epoch: dict[int, list[float]] = {}
         for r in rows:
             by_epoch.setdefault(r["epoch"], []).append(r["val_mAP"])
@@ -120,7 +102,7 @@ def test_a_lost_worker_node_is_survived(cluster, tmp_path):
     def kill_a_busy_worker():
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
-            for rows in results(run_dir).values():
+            for rows in trial_results(run_dir).values():
                 if rows and rows[-1]["status"] == "running" and rows[-1]["epoch"] >= 2:
                     node = next(
                         (n for n in cluster.worker_nodes if n.node_id == rows[-1]["node_id"]), None
@@ -128,7 +110,7 @@ def test_a_lost_worker_node_is_survived(cluster, tmp_path):
                     if node is not None:
                         victims = [
                             t
-                            for t, r in results(run_dir).items()
+                            for t, r in trial_results(run_dir).items()
                             if r
                             and r[-1]["status"] == "running"
                             and r[-1]["node_id"] == node.node_id
@@ -137,7 +119,7 @@ def test_a_lost_worker_node_is_survived(cluster, tmp_path):
                         killed.update(
                             node_id=node.node_id,
                             trials=victims,
-                            epochs={t: results(run_dir)[t][-1]["epoch"] for t in victims},
+                            epochs={t: trial_results(run_dir)[t][-1]["epoch"] for t in victims},
                         )
                         return
             time.sleep(0.2)
@@ -156,11 +138,11 @@ def test_a_lost_worker_node_is_survived(cluster, tmp_path):
     assert killed, "no worker node was killed mid-search"
     replays = check_accounted(run_dir)
     assert replays <= len(killed["trials"])  # at most the epoch in flight, never from scratch
-    all_rows = [r for rows in results(run_dir).values() for r in rows]
+    all_rows = [r for rows in trial_results(run_dir).values() for r in rows]
     assert len({r["node_id"] for r in all_rows}) >= 2  # trials spread over nodes
     retried = 0
     for trial in killed["trials"]:  # retried from the last checkpoint, on another node
-        nodes = [r["node_id"] for r in results(run_dir)[trial]]
+        nodes = [r["node_id"] for r in trial_results(run_dir)[trial]]
         if set(nodes) == {killed["node_id"]}:  # its last epoch was already on its way
             assert len(nodes) == EPOCHS
             continue
@@ -176,52 +158,21 @@ def test_a_lost_worker_node_is_survived(cluster, tmp_path):
 
 def test_a_killed_driver_resumes_on_the_same_cluster(cluster, tmp_path):
     storage = tmp_path / "runs"
-    cmd = [
-        sys.executable,
-        "-m",
-        "search.cli",
-        "--space",
-        str(space_file(tmp_path)),
-        "--storage",
-        str(storage),
-        "--name",
-        "drv",
-        "--address",
-        cluster.address,
-        "--quiet",
-    ]
-    env = {**os.environ, "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    cmd = search_command(space_file(tmp_path), storage, "drv", "--address", cluster.address)
     run_dir = storage / "drv"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        res = results(run_dir)
-        done = [t for t, rows in res.items() if rows and rows[-1]["status"] == "done"]
-        running = [t for t, rows in res.items() if rows and rows[-1]["status"] == "running"]
-        if done and running:
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail("the search did not get going")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    before = results(run_dir)
+
+    def going(res):  # a trial finished and another one mid-training
+        last = [rows[-1]["status"] for rows in res.values() if rows]
+        return "done" in last and "running" in last
+
+    before = sigkill_search_when(cmd, run_dir, going)
     finished = {t: len(r) for t, r in before.items() if r and r[-1]["status"] == "done"}
-    out = subprocess.run(
-        cmd + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    resume_search(cmd)
     replays = check_accounted(run_dir)
     in_flight = [t for t, r in before.items() if r and r[-1]["status"] == "running"]
-    assert replays <= len(in_flight)  # resumed from checkpoints, not from scratch
-    after = results(run_dir)
+    # resumed from checkpoints, not from scratch: at most one epoch per trial under way
+    assert replays <= len(in_flight) + len(finished)
+    after = trial_results(run_dir)
     for trial, n in finished.items():
         # not rerun: at most its last epoch replays (identical), if the kill came between
         # that report and the snapshot recording the trial as finished

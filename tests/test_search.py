@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -15,7 +11,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, resume_search, search_command, sigkill_search_when, trial_results
+
+FINAL = ("done", "early_stopped")
 
 pytestmark = pytest.mark.slow
 
@@ -146,74 +144,23 @@ def test_search_prunes_fails_shares_stage1_and_scores_the_best(ray_local, tmp_pa
     assert len(on_disk) == 7
 
 
-def _trial_results(run_dir: Path) -> dict[str, list[dict]]:
-    out = {}
-    for trial in run_dir.glob("trial_*"):
-        lines = (
-            (trial / "result.json").read_text().splitlines()
-            if (trial / "result.json").exists()
-            else []
-        )
-        out[trial.name] = [json.loads(line) for line in lines if line.strip()]
-    return out
-
-
 def test_sigkill_then_resume_accounts_for_every_trial(tmp_path):
     space = small_space(tmp_path, num_samples=6, max_epochs=6)
-    storage = tmp_path / "runs"
-    cmd = [
-        sys.executable,
-        "-m",
-        "search.cli",
-        "--space",
-        str(space),
-        "--storage",
-        str(storage),
-        "--name",
-        "k",
-        "--quiet",
-    ]
-    env = {**os.environ, "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    run_dir = storage / "k"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        finished = [
-            t
-            for t, rows in _trial_results(run_dir).items()
-            if rows and rows[-1].get("status") in ("done", "early_stopped")
-        ]
-        if len(finished) >= 1 and len(_trial_results(run_dir)) >= 3:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail("the search did not get going")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    before = _trial_results(run_dir)
-    done_before = {
-        t: len(rows)
-        for t, rows in before.items()
-        if rows and rows[-1].get("status") in ("done", "early_stopped")
-    }
-    assert not (run_dir / "trials.csv").exists()
+    cmd = search_command(space, tmp_path / "runs", "k")
+    run_dir = tmp_path / "runs" / "k"
 
-    out = subprocess.run(
-        cmd + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    def going(res):  # one trial finished, more under way
+        return len(res) >= 3 and any(r and r[-1]["status"] in FINAL for r in res.values())
+
+    before = sigkill_search_when(cmd, run_dir, going)
+    done_before = {t: len(r) for t, r in before.items() if r and r[-1]["status"] in FINAL}
+    assert not (run_dir / "trials.csv").exists()
+    resume_search(cmd)
     table = pd.read_csv(run_dir / "trials.csv", dtype={"trial_id": str})
     assert len(table) == 6 and table["trial_id"].is_unique
-    assert set(_trial_results(run_dir)) == {f"trial_{t}" for t in table["trial_id"]}
+    assert set(trial_results(run_dir)) == {f"trial_{t}" for t in table["trial_id"]}
     assert set(table["status"]) <= {"complete", "pruned"}
-    after = _trial_results(run_dir)
+    after = trial_results(run_dir)
     for trial, n_rows in done_before.items():  # finished trials were not rerun (at most the
         assert n_rows <= len(after[trial]) <= n_rows + 1  # last epoch replays, identically)
         assert after[trial][n_rows - 1]["val_mAP"] == after[trial][-1]["val_mAP"]
