@@ -152,9 +152,10 @@ def study_storage(run_dir: Path):
 
 
 def experiment_path(opts: SearchOptions) -> str:
+    """Tune's experiment folder: the same as the run directory unless storage is a URI."""
     if is_uri(opts.storage):
         return opts.storage.rstrip("/") + "/" + opts.name
-    return str(Path(opts.storage).resolve() / opts.name)
+    return str(local_run_dir(opts))
 
 
 def run_search(space: SearchSpace, opts: SearchOptions) -> pd.DataFrame:

@@ -7,6 +7,7 @@ best-so-far value of the space's metric (what the best checkpoint scores).
 
 from __future__ import annotations
 
+import csv
 import math
 import shutil
 import tempfile
@@ -60,8 +61,6 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, extra: dict[str, An
     best = BestSoFar(space.tune.mode)
     history = out / "history.csv"
     if history.is_file():  # resumed: the best so far includes the epochs already run
-        import csv
-
         with history.open() as fh:
             for row in csv.DictReader(fh):
                 best.update(float(row.get(space.tune.metric) or "nan"))

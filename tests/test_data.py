@@ -20,7 +20,7 @@ from handreid.data.splits import (
     split_summary,
 )
 from handreid.errors import DataError
-from tests.conftest import REAL_CSV, write_placeholders
+from tests.conftest import REAL_CSV
 
 # Independently computed with pandas from the real HandInfo.csv (accessories == 0,
 # MBA-Net thresholds, one val image per training identity).
@@ -367,8 +367,3 @@ def test_synth_config_builds_data_on_demand():
     split = build_split(cfg, EvalConfig(n_splits=2))
     assert len(split.train_ids) + len({it.pid for it in split.test.images}) == 8
     assert len(split.test.splits) == 2
-
-
-def test_placeholder_helper_is_used(real_root):
-    assert (real_root / "Hands" / "Hand_0000002.jpg").stat().st_size > 100
-    write_placeholders(real_root, [])  # idempotent
