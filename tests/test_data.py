@@ -194,6 +194,23 @@ def test_pk_sampler_covers_the_training_set():
     assert len(seen) >= 0.9 * len(labels)
 
 
+def test_pk_sampler_epochs_have_one_length():
+    # uneven identities make the greedy packing leave a different remainder each epoch; a
+    # per-batch schedule (OneCycleLR) sized from len(sampler) must never be over-stepped
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(50), rng.integers(1, 9, size=50))
+    sampler = PKSampler(labels, p=4, k=4, seed=1)
+    n_chunks = sum(-(-int(c) // 4) for c in np.bincount(labels))
+    assert len(sampler) == n_chunks // 4 * 16
+    for epoch in range(40):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert len(order) == len(sampler)
+        for b in range(0, len(order), 16):
+            batch = labels[order[b : b + 16]]
+            assert len(set(batch.tolist())) == 4 and np.all(np.bincount(batch)[batch] == 4)
+
+
 def test_synthetic_dataset_round_trips_through_the_reader(tmp_path):
     rc = data_main(
         [

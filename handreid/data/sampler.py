@@ -3,9 +3,11 @@
 An epoch: every identity's images are shuffled and cut into chunks of K (a short last
 chunk, or an identity with fewer than K images, is filled by drawing again from that
 identity's images); the chunks are shuffled and packed P at a time into batches of P
-distinct identities. So every training image is seen at least once per epoch, except
-chunks that cannot complete a final batch of P distinct identities. The order depends
-only on (seed, epoch), which makes resumed runs replay the same batches.
+distinct identities. Every epoch has the same number of batches, ``n_chunks // P``
+(a learning-rate schedule counts on it): chunks that cannot complete a batch of P
+distinct identities are carried, ahead of a freshly shuffled round, until the epoch is
+full. The order depends only on (seed, epoch), which makes resumed runs replay the same
+batches.
 """
 
 from __future__ import annotations
@@ -28,10 +30,21 @@ class PKSampler(Sampler[int]):
             raise ValueError(f"PK sampler needs at least P={p} identities, got {len(self.groups)}")
         self.p, self.k, self.seed = p, k, seed
         self.epoch = 0
-        self._length = len(self._indices(0))
+        n_chunks = sum(-(-len(idx) // k) for idx in self.groups.values())
+        self._length = max(1, n_chunks // p) * p * k
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices(self.epoch))
+
+    def __len__(self) -> int:
+        return self._length
+
+    @property
+    def batch_size(self) -> int:
+        return self.p * self.k
 
     def _chunks(self, rng: np.random.Generator) -> list[tuple[int, list[int]]]:
         chunks = []
@@ -43,9 +56,8 @@ class PKSampler(Sampler[int]):
             chunks += [(label, idx[c * self.k : (c + 1) * self.k]) for c in range(n_chunks)]
         return [chunks[i] for i in rng.permutation(len(chunks))]
 
-    def _indices(self, epoch: int) -> list[int]:
-        rng = np.random.default_rng([self.seed, epoch])
-        pending = self._chunks(rng)
+    def _pack(self, pending: list) -> tuple[list[int], list]:
+        """Greedy batches of P distinct identities; returns their indices and the rest."""
         out: list[int] = []
         while True:
             batch, used, rest = [], set(), []
@@ -56,16 +68,15 @@ class PKSampler(Sampler[int]):
                 else:
                     rest.append((label, chunk))
             if len(batch) < self.p:
-                return out
+                return out, pending
             out += [int(i) for chunk in batch for i in chunk]
             pending = rest
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._indices(self.epoch))
-
-    def __len__(self) -> int:
-        return self._length
-
-    @property
-    def batch_size(self) -> int:
-        return self.p * self.k
+    def _indices(self, epoch: int) -> list[int]:
+        rng = np.random.default_rng([self.seed, epoch])
+        out: list[int] = []
+        pending: list = []
+        while len(out) < self._length:  # a fresh round always yields a batch (>= P ids)
+            packed, pending = self._pack(pending + self._chunks(rng))
+            out += packed
+        return out[: self._length]
