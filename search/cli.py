@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_root:
         overrides["data.root"] = str(Path(args.data_root).resolve())
     space = load_space(args.space, overrides)
+    for line in space.warnings:
+        print(f"warning: {line}")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     from search.driver import SearchOptions, local_run_dir, run_search

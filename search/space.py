@@ -118,6 +118,7 @@ class SearchSpace:
     params: list[Param]
     start_points: list[dict[str, Any]] = field(default_factory=list)
     tune: TuneSettings = field(default_factory=TuneSettings)
+    warnings: list[str] = field(default_factory=list)  # legal but wasteful settings
 
     # --------------------------------------------------------------- Optuna
 
@@ -203,7 +204,28 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Sea
                     source=source,
                 )
         space.optuna_point(point)
+    space.warnings = wasted_values(space)
     return space
+
+
+def wasted_values(space: SearchSpace) -> list[str]:
+    """Values a trial can draw that cannot change its objective: budget spent on nothing."""
+    out = []
+    searched = {p.key for p in space.params}
+    for param in space.params:
+        if param.key != "model.unfreeze_blocks" or "model.retrieval_feature" in searched:
+            continue
+        if space.base.model.retrieval_feature != "pre_bn":
+            continue
+        for branch in param.branches:
+            if branch.contains(0):
+                out.append(
+                    f"{space.source}: search.{branch.name} can draw 0, which freezes the whole "
+                    "image encoder; retrieval uses the pre-BN encoder feature, so such a "
+                    "trial's validation mAP never changes and its GPU time is wasted (start "
+                    "the range at 1, or list choices such as [1, 2, 4, -1])"
+                )
+    return out
 
 
 def _load_base(base: Any, folder: Path) -> Config:

@@ -51,6 +51,7 @@ def test_the_shipped_spaces_load_and_cover_the_seed_parameters():
         covered |= {p.key for p in space.params}
         assert space.start_points, name
         assert len(space.optuna_points()) == len(space.start_points)
+        assert space.warnings == [], name
     assert {
         "loss.arcface.scale",
         "loss.arcface.margin",
@@ -61,6 +62,19 @@ def test_the_shipped_spaces_load_and_cover_the_seed_parameters():
         "optim.scheduler",
         "loss.center.weight",
     } <= covered
+
+
+def test_a_range_that_can_freeze_the_encoder_is_flagged(tmp_path):
+    frozen_ok = {"type": "int", "low": 1, "high": 2}
+    frozen_too = {"type": "int", "low": 0, "high": 2}
+    assert load_space(write_space(tmp_path, {"model.unfreeze_blocks": frozen_ok})).warnings == []
+    (line,) = load_space(write_space(tmp_path, {"model.unfreeze_blocks": frozen_too})).warnings
+    assert "search.model.unfreeze_blocks can draw 0" in line and "never changes" in line
+    both = {
+        "model.unfreeze_blocks": frozen_too,
+        "model.retrieval_feature": {"type": "categorical", "choices": ["pre_bn", "pre_post"]},
+    }
+    assert load_space(write_space(tmp_path, both)).warnings == []  # post-BN part can move
 
 
 def test_int_bounds_are_inclusive_and_log_is_passed(tmp_path):
