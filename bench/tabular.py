@@ -2,6 +2,7 @@
 
     python -m bench.tabular build     # train 60 seeded demo configurations to full budget
     python -m bench.tabular replay    # replay 4 strategies x 20 seeds through Ray Tune + Optuna
+    python -m bench.tabular describe  # how well early epochs predict the final value
 
 `build` stores every learning curve (validation mAP and seconds per epoch) in
 bench/tabular_demo.json. `replay` runs the real engine -- Tuner, HandReIDOptunaSearch
@@ -101,12 +102,39 @@ def build(n_configs: int, workers: int, path: Path = TABLE, sample_seed: int = 1
     print(f"wrote {path} with {len(rows)} curves; best val mAP {best:.2f}")
 
 
+def describe(path: Path = TABLE, rungs: tuple[int, ...] = (3, 5, 9)) -> None:
+    """How well the best value up to an early epoch predicts the final best, per backbone
+    (Spearman rank correlation), and where each backbone's best row ranks at each rung."""
+    from scipy.stats import spearmanr
+
+    table = Table(path)
+    out, parts = {}, []
+    for backbone in sorted({r["params"]["model.backbone"] for r in table.rows}):
+        rows = [r for r in table.rows if r["params"]["model.backbone"] == backbone]
+        final = np.array([max(r["val_mAP"]) for r in rows])
+        top = int(np.argmax(final))
+        stats = {"rows": len(rows), "best": float(final[top])}
+        for rung in rungs:
+            early = np.array([max(r["val_mAP"][:rung]) for r in rows])
+            stats[f"spearman_epoch{rung}"] = float(spearmanr(early, final).statistic)
+            stats[f"best_row_rank_epoch{rung}"] = int((early > early[top]).sum()) + 1
+        out[backbone] = stats
+        parts.append(
+            f"{backbone} ({len(rows)} rows, best {stats['best']:.2f}): Spearman "
+            + ", ".join(f"e{r} {stats[f'spearman_epoch{r}']:.2f}" for r in rungs)
+            + "; best row ranks "
+            + ", ".join(f"e{r} {stats[f'best_row_rank_epoch{r}']}" for r in rungs)
+        )
+    name = "tabular_describe" + ("" if Path(path) == TABLE else f"_{Path(path).stem}")
+    emit(name, "; ".join(parts), {"table": str(path), "backbones": out})
+
+
 # ------------------------------------------------------------------ lookup
 
 
 class Table:
     def __init__(self, path: Path = TABLE):
-        doc = json.loads(path.read_text())
+        doc = json.loads(Path(path).read_text())
         self.rows = doc["configs"]
         self.max_epochs = doc["max_epochs"]
         self.best = max(max(r["val_mAP"]) for r in self.rows)
@@ -370,6 +398,8 @@ def main() -> None:
     b.add_argument("--workers", type=int, default=2)
     b.add_argument("--sample-seed", type=int, default=12345, help="seed of the sampled configs")
     b.add_argument("--table", type=Path, default=TABLE, help="where to write the table")
+    d = sub.add_parser("describe")
+    d.add_argument("--table", type=Path, default=TABLE)
     r = sub.add_parser("replay")
     r.add_argument("--seeds", type=int, default=20)
     r.add_argument("--num-samples", type=int, default=60)
@@ -387,6 +417,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.cmd == "build":
         build(args.configs, args.workers, args.table, args.sample_seed)
+    elif args.cmd == "describe":
+        describe(args.table)
     else:
         replay(
             args.seeds,
