@@ -12,14 +12,11 @@ the best configuration.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import os
-import tempfile
 
 import numpy as np
 
 from bench.common import emit
-from bench.tabular import SPACE, Table, _train_one
+from bench.tabular import Table, train_all
 
 
 def main() -> None:
@@ -28,21 +25,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4, help="seeds per configuration, 0 included")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    from handreid.data.build import synthetic_root
-    from search.space import load_space
-
     table = Table()
     top = sorted(table.rows, key=lambda r: -max(r["val_mAP"]))[: args.top]
-    jobs_seeds = [(row, seed) for row in top for seed in range(1, args.seeds)]
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["HANDREID_CACHE"] = tmp
-        synthetic_root(load_space(SPACE).base.data.synth)
-        for i, backbone in enumerate(sorted({r["params"]["model.backbone"] for r in top})):
-            first = next(r for r in top if r["params"]["model.backbone"] == backbone)
-            _train_one((-1 - i, first["params"], tmp))  # warm each backbone's stage-1 cache
-        jobs = [(row["index"], row["params"], tmp, {"train.seed": s}) for row, s in jobs_seeds]
-        with mp.get_context("spawn").Pool(args.workers) as pool:
-            done = pool.map(_train_one, jobs)
+    jobs = [
+        (row["index"], row["params"], {"train.seed": seed})
+        for row in top
+        for seed in range(1, args.seeds)
+    ]
+    done = train_all(jobs, args.workers)
     per_config = []
     for row in top:
         values = [max(row["val_mAP"])] + [

@@ -41,8 +41,7 @@ def _train_one(job: tuple[int, dict, str]) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    index, params, tmp, *rest = job  # rest: optional config overrides, e.g. another seed
-    extra = rest[0] if rest else {}
+    index, params, tmp, extra = job  # extra: config overrides, e.g. another seed
     os.environ["HANDREID_CACHE"] = tmp
     from handreid.train.trainer import train
     from search.space import load_space
@@ -66,12 +65,28 @@ def _train_one(job: tuple[int, dict, str]) -> dict:
     }
 
 
-def build(n_configs: int, workers: int, path: Path = TABLE, sample_seed: int = 12345) -> None:
+def train_all(jobs: list[tuple[int, dict, dict]], workers: int) -> list[dict]:
+    """Train (index, params, overrides) jobs in a process pool, on the space's synthetic data
+    and a fresh stage-1 cache; returns one curve row per job, in order."""
     import multiprocessing as mp
 
+    from handreid.data.build import synthetic_root
+    from search.space import load_space
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["HANDREID_CACHE"] = tmp
+        synthetic_root(load_space(SPACE).base.data.synth)
+        for i, backbone in enumerate(sorted({params["model.backbone"] for _, params, _ in jobs})):
+            # warm the stage-1 cache of each backbone, so the workers do not race for it
+            first = next(p for _, p, _ in jobs if p["model.backbone"] == backbone)
+            _train_one((-1 - i, first, tmp, {}))
+        with mp.get_context("spawn").Pool(workers) as pool:
+            return pool.map(_train_one, [(i, p, tmp, extra) for i, p, extra in jobs])
+
+
+def build(n_configs: int, workers: int, path: Path = TABLE, sample_seed: int = 12345) -> None:
     import optuna
 
-    from handreid.data.build import synthetic_root
     from search.space import load_space
 
     space = load_space(SPACE)
@@ -82,15 +97,7 @@ def build(n_configs: int, workers: int, path: Path = TABLE, sample_seed: int = 1
         space.define_by_run(trial)
         configs.append(dict(trial.params))
         study.tell(trial, 0.0)
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["HANDREID_CACHE"] = tmp
-        synthetic_root(space.base.data.synth)
-        for i, backbone in enumerate(sorted({c["model.backbone"] for c in configs})):
-            # warm the stage-1 cache of each backbone, so the workers do not race for it
-            first = next(c for c in configs if c["model.backbone"] == backbone)
-            _train_one((-1 - i, first, tmp))
-        with mp.get_context("spawn").Pool(workers) as pool:
-            rows = pool.map(_train_one, [(i, c, tmp) for i, c in enumerate(configs)])
+    rows = train_all([(i, c, {}) for i, c in enumerate(configs)], workers)
     doc = {
         "space": "spaces/demo.yml",
         "sample_seed": sample_seed,

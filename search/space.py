@@ -118,7 +118,6 @@ class SearchSpace:
     params: list[Param]
     start_points: list[dict[str, Any]] = field(default_factory=list)
     tune: TuneSettings = field(default_factory=TuneSettings)
-    warnings: list[str] = field(default_factory=list)  # legal but wasteful settings
 
     # --------------------------------------------------------------- Optuna
 
@@ -151,6 +150,11 @@ class SearchSpace:
 
     def optuna_points(self) -> list[dict[str, Any]]:
         return [self.optuna_point(p) for p in self.start_points]
+
+    @property
+    def warnings(self) -> list[str]:
+        """Legal but wasteful settings, one line each."""
+        return wasted_values(self)
 
     # --------------------------------------------------------------- configs
 
@@ -204,7 +208,6 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Sea
                     source=source,
                 )
         space.optuna_point(point)
-    space.warnings = wasted_values(space)
     return space
 
 

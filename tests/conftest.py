@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_CSV = Path(__file__).parent / "data" / "HandInfo.csv"  # the real 11k metadata
@@ -153,3 +154,52 @@ def resume_search(cmd: list[str], timeout: float = 600) -> None:
         timeout=timeout,
     )
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def small_space(
+    tmp_path: Path,
+    *,
+    num_samples: int,
+    search=None,
+    start_points=None,
+    max_epochs: int = 4,
+    fixed=None,
+    tune=None,
+) -> Path:
+    """A search over the tiny backbones on a small synthetic set; ``fixed`` and ``tune``
+    entries replace the defaults."""
+    doc = {
+        "base": str(TINY_YML),
+        "fixed": {
+            "data.synth.ids": 24,
+            "data.synth.per_id": 4,
+            "train.stage1_epochs": 1,
+            "train.patience": 0,
+            **(fixed or {}),
+        },
+        "search": search
+        or {
+            "model.backbone": {"type": "categorical", "choices": ["tiny-vit", "tiny-rn"]},
+            "optim.lr_visual": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        },
+        "start_points": start_points or [],
+        "tune": {
+            "num_samples": num_samples,
+            "seed": 0,
+            "n_startup_trials": 3,
+            "max_concurrent": 2,
+            "max_failures": 1,
+            "top_k": 1,
+            "scheduler": {
+                "type": "asha",
+                "grace_period": 1,
+                "reduction_factor": 2,
+                "max_epochs": max_epochs,
+            },
+            "resources": {"cpus": 1, "gpus": 0},
+            **(tune or {}),
+        },
+    }
+    path = tmp_path / "space.yml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path

@@ -11,40 +11,35 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
-from tests.conftest import REPO, resume_search, search_command, sigkill_search_when, trial_results
+from tests.conftest import (
+    REPO,
+    resume_search,
+    search_command,
+    sigkill_search_when,
+    small_space,
+    trial_results,
+)
 
 pytestmark = pytest.mark.slow
 NUM_SAMPLES, EPOCHS = 6, 8
 
 
 def space_file(tmp_path: Path) -> Path:
-    doc = {
-        "base": str(REPO / "spaces" / "base" / "tiny.yml"),
-        "fixed": {
-            "data.synth.ids": 16,
-            "data.synth.per_id": 4,
-            "train.stage1_epochs": 1,
-            "train.patience": 0,
-            "model.backbone": "tiny-rn",
-        },
-        "search": {"optim.lr_visual": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
-        # grace = max epochs: ASHA stops nothing, so every trial must reach its last epoch
-        "tune": {
-            "num_samples": NUM_SAMPLES,
-            "seed": 0,
+    # grace = max epochs: ASHA stops nothing, so every trial must reach its last epoch
+    return small_space(
+        tmp_path,
+        num_samples=NUM_SAMPLES,
+        max_epochs=EPOCHS,
+        fixed={"data.synth.ids": 16, "model.backbone": "tiny-rn"},
+        search={"optim.lr_visual": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        tune={
             "max_concurrent": 3,
             "max_failures": 3,
-            "top_k": 1,
             "n_startup_trials": 2,
             "scheduler": {"type": "asha", "grace_period": EPOCHS, "max_epochs": EPOCHS},
-            "resources": {"cpus": 1, "gpus": 0},
         },
-    }
-    path = tmp_path / "space.yml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    )
 
 
 def record(fault: str, **facts) -> None:

@@ -9,58 +9,18 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-import yaml
 
-from tests.conftest import REPO, resume_search, search_command, sigkill_search_when, trial_results
+from tests.conftest import (
+    resume_search,
+    search_command,
+    sigkill_search_when,
+    small_space,
+    trial_results,
+)
 
 FINAL = ("done", "early_stopped")
 
 pytestmark = pytest.mark.slow
-
-
-def small_space(
-    tmp_path: Path,
-    *,
-    num_samples: int,
-    search=None,
-    start_points=None,
-    max_epochs: int = 4,
-    fixed=None,
-) -> Path:
-    doc = {
-        "base": str(REPO / "spaces" / "base" / "tiny.yml"),
-        "fixed": {
-            "data.synth.ids": 24,
-            "data.synth.per_id": 4,
-            "train.stage1_epochs": 1,
-            "train.patience": 0,
-            **(fixed or {}),
-        },
-        "search": search
-        or {
-            "model.backbone": {"type": "categorical", "choices": ["tiny-vit", "tiny-rn"]},
-            "optim.lr_visual": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-        },
-        "start_points": start_points or [],
-        "tune": {
-            "num_samples": num_samples,
-            "seed": 0,
-            "n_startup_trials": 3,
-            "max_concurrent": 2,
-            "max_failures": 1,
-            "top_k": 1,
-            "scheduler": {
-                "type": "asha",
-                "grace_period": 1,
-                "reduction_factor": 2,
-                "max_epochs": max_epochs,
-            },
-            "resources": {"cpus": 1, "gpus": 0},
-        },
-    }
-    path = tmp_path / "space.yml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
 
 
 @pytest.fixture(scope="module")
