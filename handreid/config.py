@@ -263,7 +263,20 @@ class TrainConfig:
         )
         _check(self.batch_size // self.num_instances >= 2, "batch_size", "needs P >= 2 identities")
         _check(self.patience >= 0, "patience", "must be >= 0")
-        _check(self.grad_accum >= 1, "grad_accum", "must be >= 1")
+        # Refused rather than half-supported: accumulation would need the center step, the
+        # scheduler's step count and the per-epoch sync state reworked, and fp16 would need
+        # a loss scaler per optimiser in both stages. bf16 needs neither and is the default.
+        _check(
+            self.grad_accum == 1,
+            "grad_accum",
+            f"gradient accumulation is not supported (got {self.grad_accum}); use 1 and a "
+            "batch size that fits, or bf16 to fit a larger one",
+        )
+        _check(
+            self.mixed_precision != "fp16",
+            "mixed_precision",
+            "fp16 is not supported (it needs loss scaling); use bf16 or no",
+        )
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,12 @@ import pandas as pd
 from handreid.config import dump_config
 from handreid.errors import HandReIDError
 from search.space import SearchSpace, config_key
+from search.trainable import fetch_best
 
 log = logging.getLogger(__name__)
 
 STUDY_FILE = "study.db"
+SCRATCH = "scratch"  # trials' state folders, with a storage path (see search.trainable)
 
 
 @dataclass
@@ -132,7 +134,8 @@ def make_trainable(space: SearchSpace, opts: SearchOptions, run_dir: Path):
     gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else space.tune.gpus_per_trial
     if gpus == 0:
         extra["train.cpu"] = True
-    trainable = tune.with_parameters(run_trial, space=space, extra=extra)
+    scratch = None if is_uri(opts.storage) else str(run_dir / SCRATCH)
+    trainable = tune.with_parameters(run_trial, space=space, extra=extra, scratch_root=scratch)
     return tune.with_resources(trainable, {"cpu": cpus, "gpu": gpus})
 
 
@@ -348,7 +351,8 @@ def evaluate_top_k(space, opts, table, results, run_dir: Path) -> dict[str, dict
         if result.checkpoint is None:
             continue
         cfg = space.trial_config(result.config, {"train.cpu": gpus == 0})
-        jobs[trial_id] = (cfg, result.checkpoint, task.remote(cfg, result.checkpoint))
+        ref = task.remote(cfg, result.checkpoint, scratch_root(opts))
+        jobs[trial_id] = (cfg, result.checkpoint, ref)
     out: dict[str, dict] = {}
     best_seen: set[str] = set()
     for trial_id in picks["trial_id"]:
@@ -358,26 +362,42 @@ def evaluate_top_k(space, opts, table, results, run_dir: Path) -> dict[str, dict
         out[trial_id] = ray.get(ref)
         if cfg.model.backbone not in best_seen:  # the first pick per backbone is its best
             best_seen.add(cfg.model.backbone)
-            save_best(
-                run_dir / "best" / cfg.model.backbone, cfg, checkpoint, out[trial_id], trial_id
-            )
+            folder = run_dir / "best" / cfg.model.backbone
+            save_best(folder, cfg, checkpoint, scratch_root(opts), out[trial_id], trial_id)
+    drop_scratch(opts, keep=set(picks["trial_id"]))
     return out
 
 
-def evaluate_checkpoint(cfg, checkpoint) -> dict:
+def scratch_root(opts: SearchOptions) -> str | None:
+    return None if is_uri(opts.storage) else str(local_run_dir(opts) / SCRATCH)
+
+
+def drop_scratch(opts: SearchOptions, keep: set[str]) -> None:
+    """After the wrap-up, only the top-k trials keep their best weights in scratch/."""
+    root = scratch_root(opts)
+    if root is None or not Path(root).is_dir():
+        return
+    for folder in Path(root).iterdir():
+        if folder.is_dir() and folder.name not in keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def evaluate_checkpoint(cfg, checkpoint, scratch: str | None) -> dict:
+    """The test protocol on a trial's best weights (rebuilt over the pretrained source)."""
     from handreid.train.trainer import evaluate_test
 
-    with checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as tmp:
-        shutil.copyfile(Path(folder) / "best.pt", Path(tmp) / "best.pt")
+    with tempfile.TemporaryDirectory() as tmp:
+        fetch_best(checkpoint, scratch, Path(tmp) / "best.pt")
         result = evaluate_test(cfg, tmp)
     return {k: v for k, v in result.items()}
 
 
-def save_best(folder: Path, cfg, checkpoint, test: dict, trial_id: str) -> None:
+def save_best(folder: Path, cfg, checkpoint, scratch, test: dict, trial_id: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, folder / "config.yaml")
+    fetch_best(checkpoint, scratch, folder / "best.pt")
     with checkpoint.as_directory() as src:
-        for name in ("best.pt", "history.csv", "split.json"):
+        for name in ("history.csv", "split.json"):
             if (Path(src) / name).is_file():
                 shutil.copyfile(Path(src) / name, folder / name)
     (folder / "test_metrics.json").write_text(

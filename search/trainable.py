@@ -1,22 +1,37 @@
 """The Ray Tune function trainable: flat trial parameters -> config -> ``handreid.train``.
 
-Each epoch's metrics go to ``tune.report`` with a checkpoint holding the resumable state,
-so a trial retried on another node continues from its last epoch. The objective is the
-best-so-far value of the space's metric (what the best checkpoint scores).
+Each epoch's metrics go to ``tune.report`` with a checkpoint, so a trial retried on
+another node continues from its last epoch. The objective is the best-so-far value of the
+space's metric (what the best checkpoint scores).
+
+Checkpoints are written once per epoch. The trainer writes ``checkpoint.pt`` into the
+trial's state folder; with a storage path (local or NFS), that folder lives in the run
+directory and Tune's checkpoint is a small manifest naming the epoch's state file (kept
+under ``states/`` by a hard link, so no byte is written twice). With URI storage the state
+folder is node-local and the state files themselves go into Tune's checkpoint (one upload).
 """
 
 from __future__ import annotations
 
 import csv
+import getpass
+import json
 import math
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from handreid.errors import HandReIDError
+from handreid.train.checkpoint import atomic_link, atomic_save
 from search.space import SearchSpace
 
-CHECKPOINT_FILES = ("checkpoint.pt", "best.pt", "history.csv", "config.yaml", "split.json")
+STATE_FILES = ("checkpoint.pt", "best.pt")
+SMALL_FILES = ("history.csv", "config.yaml", "split.json")
+MANIFEST = "state.json"
+STATES = "states"
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -35,20 +50,123 @@ class BestSoFar:
         return self.value if self.value is not None else float("nan")
 
 
-def restore_into(out: Path, checkpoint) -> None:
+def state_dir(scratch_root: str | None, experiment: str, trial_id: str) -> Path:
+    """The trial's working folder: ``<run dir>/scratch/<trial>`` with a storage path (shared
+    by every node that sees the storage), else node-local, per user and per search."""
+    if scratch_root:
+        root = Path(scratch_root)
+    else:
+        root = Path(tempfile.gettempdir()) / f"handreid-{getpass.getuser()}" / experiment
+    out = root / trial_id
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def epoch_file(out: Path, epoch: int) -> Path:
+    return out / STATES / f"epoch_{epoch:04d}.pt"
+
+
+def hand_over(out: Path, folder: Path, epoch: int, best_epoch: int, durable: bool) -> None:
+    """Fill ``folder`` (what Tune stores) with epoch ``epoch``'s checkpoint."""
+    for name in SMALL_FILES:
+        if (out / name).is_file():
+            shutil.copyfile(out / name, folder / name)
+    manifest = {"trial": out.name, "epoch": epoch, "best_epoch": best_epoch, "durable": durable}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    if durable:  # keep this epoch's state under its own name; Tune gets only the manifest
+        (out / STATES).mkdir(exist_ok=True)
+        atomic_link(out / "checkpoint.pt", epoch_file(out, epoch))
+        return
+    for name in STATE_FILES:
+        if (out / name).is_file():
+            atomic_link(out / name, folder / name)  # no bytes: Tune uploads from the link
+
+
+def drop_states(out: Path, keep: set[int], last: int = 1) -> None:
+    """Delete the epoch states that no checkpoint Tune may restore still names: Tune keeps
+    its ``last`` newest checkpoints (a driver restarted from a lagging snapshot restores
+    an older one than the newest), and ``keep`` names the best epochs they point to."""
+    paths = sorted((out / STATES).glob("epoch_*.pt"))
+    recent = {int(p.stem.split("_")[1]) for p in paths[-last:]} if last > 0 else set()
+    for path in paths:
+        if int(path.stem.split("_")[1]) not in keep | recent:
+            path.unlink(missing_ok=True)
+
+
+def restore_into(out: Path, checkpoint) -> bool:
     """Make ``out`` hold exactly Tune's last checkpoint (or nothing): Tune is the authority
-    on which epochs were reported, so newer local state from a killed attempt is dropped."""
-    for name in CHECKPOINT_FILES:
+    on which epochs were reported, so newer local state from a killed attempt is dropped.
+    Returns True when that checkpoint is the end of a trial that already finished here
+    (its state was slimmed to ``best.pt``): there is nothing left to run."""
+    if finished_here(out):
+        return True
+    for name in STATE_FILES + SMALL_FILES:
         (out / name).unlink(missing_ok=True)
     if checkpoint is None:
-        return
+        shutil.rmtree(out / STATES, ignore_errors=True)
+        return False
     with checkpoint.as_directory() as folder:
-        for name in CHECKPOINT_FILES:
-            if (Path(folder) / name).is_file():
-                shutil.copyfile(Path(folder) / name, out / name)
+        folder = Path(folder)
+        for name in SMALL_FILES + STATE_FILES:
+            if (folder / name).is_file():
+                shutil.copyfile(folder / name, out / name)
+        manifest = json.loads((folder / MANIFEST).read_text())
+    if not manifest["durable"]:
+        return False
+    epoch, best = manifest["epoch"], manifest["best_epoch"]
+    for name, wanted in (("checkpoint.pt", epoch), ("best.pt", best)):
+        source = epoch_file(out, wanted)
+        if not source.is_file():
+            raise HandReIDError(f"checkpoint state of epoch {wanted} is missing: {source}")
+        atomic_link(source, out / name)
+    for path in (out / STATES).glob("epoch_*.pt"):  # newer than Tune's record: not reported
+        if int(path.stem.split("_")[1]) > epoch:
+            path.unlink()
+    return False
 
 
-def run_trial(params: dict[str, Any], *, space: SearchSpace, extra: dict[str, Any]) -> None:
+FINISHED = "finished"
+
+
+def finished_here(out: Path) -> bool:
+    """A trial whose run ended and was slimmed (a driver killed before it recorded the end
+    restarts such a trial from its last checkpoint)."""
+    return (out / FINISHED).is_file() and (out / "best.pt").is_file()
+
+
+def slim_best(out: Path) -> None:
+    """After a trial: keep only what evaluation needs (the best epoch's trainable tensors)."""
+    best = out / "best.pt"
+    if best.is_file():
+        state = torch.load(best, map_location="cpu", weights_only=False)
+        keep = ("model", "fingerprint", "losses", "progress")
+        atomic_save({k: state[k] for k in keep if k in state}, best)
+    (out / FINISHED).write_text("")
+    (out / "checkpoint.pt").unlink(missing_ok=True)
+    shutil.rmtree(out / STATES, ignore_errors=True)
+
+
+def fetch_best(checkpoint, scratch_root: str | None, dest: Path) -> None:
+    """Put the ``best.pt`` behind a trial's Tune checkpoint at ``dest`` (a hard link where
+    it lies on the same filesystem): the weights its test evaluation and ``best/`` use."""
+    with checkpoint.as_directory() as folder:
+        manifest = json.loads((Path(folder) / MANIFEST).read_text())
+        if not manifest["durable"]:
+            shutil.copyfile(Path(folder) / "best.pt", dest)
+            return
+    out = Path(scratch_root or "") / manifest["trial"]
+    for path in (out / "best.pt", epoch_file(out, manifest["best_epoch"])):
+        if path.is_file():
+            atomic_link(path, dest)
+            return
+    raise HandReIDError(f"no best checkpoint for {manifest['trial']} under {out}")
+
+
+def run_trial(
+    params: dict[str, Any], *, space: SearchSpace, extra: dict[str, Any], scratch_root: str | None
+) -> None:
+    """One trial. With ``scratch_root``, epoch states are kept as Tune keeps checkpoints:
+    the ``tune.checkpoints_to_keep`` newest, and the best epoch each of them names."""
     import ray
     from ray import tune
 
@@ -56,16 +174,21 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, extra: dict[str, An
 
     cfg = space.trial_config(params, extra)
     ctx = tune.get_context()
-    out = scratch_dir(ctx.get_experiment_name(), ctx.get_trial_id())
-    restore_into(out, tune.get_checkpoint())
+    out = state_dir(scratch_root, ctx.get_experiment_name(), ctx.get_trial_id())
+    if restore_into(out, tune.get_checkpoint()):
+        return  # finished before a driver crash; its results are already reported
     best = BestSoFar(space.tune.mode)
+    bests: list[int] = []  # the best epoch named by each epoch's checkpoint
     history = out / "history.csv"
     if history.is_file():  # resumed: the best so far includes the epochs already run
         with history.open() as fh:
             for row in csv.DictReader(fh):
                 best.update(float(row.get(space.tune.metric) or "nan"))
+                bests.append(int(row["best_epoch"]))
 
     node_id = ray.get_runtime_context().get_node_id()
+    durable = scratch_root is not None
+    keep = space.tune.checkpoints_to_keep
 
     def report(metrics: dict[str, Any], path: Path | None) -> None:
         row = scalar_metrics(metrics)
@@ -75,19 +198,16 @@ def run_trial(params: dict[str, Any], *, space: SearchSpace, extra: dict[str, An
         if path is None:
             tune.report(row)
             return
+        epoch, best_epoch = int(metrics["epoch"]), int(metrics["best_epoch"])
         with tempfile.TemporaryDirectory() as tmp:
-            for name in CHECKPOINT_FILES:
-                if (out / name).is_file():
-                    shutil.copyfile(out / name, Path(tmp) / name)
+            hand_over(out, Path(tmp), epoch, best_epoch, durable)
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(tmp))
+        if durable:
+            bests.append(best_epoch)
+            drop_states(out, set(bests[-keep:]), last=keep)
 
     train(cfg, out, report=report, evaluate_on_test=False)
-    shutil.rmtree(out, ignore_errors=True)  # everything worth keeping is in Tune's checkpoints
-
-
-def scratch_dir(experiment: str, trial_id: str) -> Path:
-    """Node-local working folder of a trial, outside the folder Tune syncs: the trainer's
-    atomic writes must not race Tune's uploads, and checkpoints go to storage only once."""
-    out = Path(tempfile.gettempdir()) / "handreid-trials" / experiment / trial_id
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    if durable:
+        slim_best(out)
+    else:  # everything worth keeping is in Tune's checkpoints
+        shutil.rmtree(out, ignore_errors=True)

@@ -129,8 +129,19 @@ def test_gradient_clipping_happens_before_the_step(tiny_cfg, tmp_path, monkeypat
     assert norms and max(norms) <= 0.01 + 1e-6
 
 
-def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_cfg, tmp_path):
-    cfg = tiny_cfg(**{"train.epochs": 4, "data.random_erasing": 0.5, "data.pad": 2})
+@pytest.mark.parametrize(("backbone", "unfreeze"), [("tiny-vit", 1), ("tiny-rn", 1)])
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_cfg, tmp_path, backbone, unfreeze):
+    # partially unfrozen: the checkpoint holds only the trainable part (and the unfrozen
+    # BatchNorm statistics of tiny-rn); the frozen rest is rebuilt on resume
+    cfg = tiny_cfg(
+        **{
+            "train.epochs": 4,
+            "data.random_erasing": 0.5,
+            "data.pad": 2,
+            "model.backbone": backbone,
+            "model.unfreeze_blocks": unfreeze,
+        }
+    )
     full = train(cfg, tmp_path / "full")
 
     class Killed(BaseException):

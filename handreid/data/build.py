@@ -13,6 +13,7 @@ from filelock import FileLock
 from handreid.data.hands11k import CSV_NAME, aspect_records, check_files_exist, read_handinfo
 from handreid.data.splits import DataSplit, gallery_all, make_split
 from handreid.data.synth import generate
+from handreid.errors import DataError
 
 
 def cache_root() -> Path:
@@ -38,12 +39,23 @@ def synthetic_root(synth_cfg) -> Path:
 
 
 def resolve_root(data_cfg) -> Path:
+    """The folder images and metadata are read from: ``data.prepared`` (a `handreid-data
+    prepare` output, itself an 11k-layout root of resized copies) when set, else
+    ``data.root``, else the synthetic dataset ``data.synth`` describes."""
+    if data_cfg.prepared:
+        prepared = Path(data_cfg.prepared)
+        if not (prepared / CSV_NAME).is_file():
+            raise DataError(
+                f"data.prepared: {prepared} has no {CSV_NAME}; create it with "
+                f"`handreid-data prepare --root <11k root> --out {prepared}`"
+            )
+        return prepared
     return Path(data_cfg.root) if data_cfg.root else synthetic_root(data_cfg.synth)
 
 
 def split_method(data_cfg) -> str:
     """Synthetic ids do not follow the 11k numbering, so they always split at random."""
-    return data_cfg.split if data_cfg.root else "random"
+    return data_cfg.split if (data_cfg.root or data_cfg.prepared) else "random"
 
 
 def build_split(data_cfg, eval_cfg, root: Path | None = None) -> DataSplit:

@@ -17,9 +17,17 @@ from handreid.eval.metrics import rank_k_and_map, summarize_splits
 
 @torch.no_grad()
 def extract_features(
-    model, loader: DataLoader, device: torch.device, *, flip: bool = False, desc: str = "features"
+    model,
+    loader: DataLoader,
+    device: torch.device,
+    *,
+    flip: bool = False,
+    desc: str = "features",
+    kind: str = "retrieval",
 ) -> torch.Tensor:
-    """L2-normalised retrieval features of every image in ``loader`` (labels are not used)."""
+    """L2-normalised features of every image in ``loader`` (labels are not used): the
+    retrieval feature, or with ``kind="unit"`` the unit pre-BN embedding (stage 1)."""
+    embed = model.embed if kind == "retrieval" else (lambda x: model.encode_image(x).unit)
     was_training = model.training
     model.eval()
     feats = []
@@ -27,9 +35,9 @@ def extract_features(
         loader, desc=desc, leave=False, disable=len(loader) < 20 or None
     ):
         images = images.to(device, non_blocking=True)
-        f = model.embed(images).float()
+        f = embed(images).float()
         if flip:
-            f = F.normalize(f + model.embed(torch.flip(images, dims=[3])).float(), dim=-1)
+            f = F.normalize(f + embed(torch.flip(images, dims=[3])).float(), dim=-1)
         feats.append(f.cpu())
     model.train(was_training)
     return torch.cat(feats) if feats else torch.empty(0)

@@ -1,14 +1,26 @@
-"""Atomic save and load of resumable training state."""
+"""Resumable training state: what it holds, and its atomic save and load.
+
+A checkpoint holds only what cannot be rebuilt: the trainable tensors of the model (every
+parameter that trains in stage 2, the learned prompt context, the BNNeck, and the running
+statistics of BatchNorm layers that train), the loss heads and centers, the optimiser,
+scheduler and RNG state, and the progress. Frozen weights are rebuilt from the pretrained
+source (or the seeded random construction) when the run is set up again; a fingerprint of
+them guards against resuming over different weights.
+"""
 
 from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
+from handreid.errors import HandReIDError
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -18,6 +30,67 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def atomic_link(src: str | Path, dst: str | Path) -> None:
+    """Make ``dst`` name the same file as ``src`` (a hard link: no bytes written), atomically.
+    Falls back to a copy where the filesystem has no hard links."""
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def trainable_keys(model: nn.Module) -> list[str]:
+    """State-dict keys that training can change: trainable parameters, the prompt context,
+    the BNNeck, and the buffers of every module that owns a trainable parameter (e.g. the
+    running statistics of an unfrozen BatchNorm). Frozen BatchNorm layers stay in eval mode,
+    so their buffers never change."""
+    keys = {name for name, p in model.named_parameters() if p.requires_grad}
+    keys.add("prompt.ctx")
+    for mod_name, module in model.named_modules():
+        own = list(module.parameters(recurse=False))
+        if mod_name == "bnneck" or any(p.requires_grad for p in own):
+            prefix = f"{mod_name}." if mod_name else ""
+            keys.update(prefix + b for b, _ in module.named_buffers(recurse=False))
+    keys.update(f"bnneck.{n}" for n, _ in model.bnneck.named_parameters())  # its frozen bias too
+    state = model.state_dict()
+    return sorted(k for k in keys if k in state)
+
+
+def trainable_state(model: nn.Module, keys: list[str]) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    return {k: state[k] for k in keys}
+
+
+@torch.no_grad()
+def frozen_fingerprint(model: nn.Module, keys: list[str]) -> float:
+    """A cheap checksum of everything a checkpoint leaves out (computed once per run)."""
+    kept = set(keys)
+    total = torch.zeros((), dtype=torch.float64)
+    for i, (name, tensor) in enumerate(model.state_dict().items()):
+        if name not in kept and tensor.is_floating_point():
+            total += tensor.double().abs().sum().cpu() * (1 + i % 7)  # order-sensitive
+    return float(total)
+
+
+def load_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a checkpoint's tensors over a model rebuilt from its pretrained source."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise HandReIDError(f"checkpoint holds tensors the model lacks: {unexpected[:3]}")
+
+
+def check_fingerprint(saved: float | None, ours: float) -> None:
+    if saved is not None and not np.isclose(saved, ours, rtol=1e-9, atol=0.0):
+        raise HandReIDError(
+            "the checkpoint was trained over other frozen weights than this run's pretrained "
+            "source (model.pretrained changed, or the weights file was replaced)"
+        )
 
 
 def rng_state() -> dict[str, Any]:

@@ -38,10 +38,13 @@ def _pretrained_identity(pretrained: str) -> Any:
     return pretrained
 
 
-def stage1_key(cfg, train_items: list[Item]) -> str:
-    """Hash of everything stage 1 depends on."""
+def stage1_key(cfg, train_items: list[Item], *, images: str | Path) -> str:
+    """Hash of everything stage 1 depends on: ``images`` is the folder the images are read
+    from (``data.root``, ``data.prepared`` or the synthetic data's cache). Stage 1 trains on
+    the unit pre-BN feature, so ``model.retrieval_feature`` is not one of its inputs."""
     split = hashlib.sha256("\n".join(f"{it.path}\t{it.pid}" for it in train_items).encode())
     deps = {
+        "images": str(Path(images).resolve()),
         "backbone": cfg.model.backbone,
         "pretrained": _pretrained_identity(cfg.model.pretrained),
         "split": split.hexdigest(),

@@ -65,18 +65,32 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _release_accelerator_state(mixed_precision: str, cpu: bool) -> None:
+    """Accelerate keeps one precision per process; a process that trains several runs (the
+    tests, a reused Ray worker) may need another one. Single-process only: nothing to tear
+    down beyond Accelerate's own record."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and (state.get("_mixed_precision") != mixed_precision or cpu):
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
 class Trainer:
     def __init__(self, cfg: Config, out_dir: str | Path, report: Report | None = None):
         self.cfg = cfg
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.report = report
+        _release_accelerator_state(cfg.train.mixed_precision, cfg.train.cpu)
         self.accelerator = Accelerator(
             cpu=cfg.train.cpu,
             mixed_precision=cfg.train.mixed_precision,
             gradient_accumulation_steps=cfg.train.grad_accum,
         )
         self.device = self.accelerator.device
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels
         self.progress = Progress()
         self.stage1_info: dict[str, Any] = {}
 
@@ -88,7 +102,7 @@ class Trainer:
         self.root = resolve_root(cfg.data)
         self.split: DataSplit = build_split(cfg.data, cfg.eval, root=self.root)
         save_manifest(self.split, self.out / "split.json", root=str(self.root))
-        dump_config(cfg, self.out / "config.yaml")
+        dump_config(cfg, self.out / "config.yaml")  # after check_same_config in run()
         self.labels = self.split.labels()
         m = cfg.model
         self.model = build_model(
@@ -120,17 +134,16 @@ class Trainer:
             random_erasing=d.random_erasing,
             resize=resize,
         )
-        test_tf = build_test_transform(size, mean, std, resize=resize)
+        self.test_tf = build_test_transform(size, mean, std, resize=resize)
         self.train_set = ImageDataset(
             self.root, self.split.train, train_tf, self.labels, cache_size=cache
         )
-        self.gallery_set = ImageDataset(self.root, self.split.train, test_tf, self.labels)
+        self.gallery_set = ImageDataset(self.root, self.split.train, self.test_tf, self.labels)
         if cache is not None:
             self.gallery_set.cache = self.train_set.cache  # same decoded images, other transform
-        self.val_set = ImageDataset(
-            self.root, self.split.val, test_tf, self.labels, cache_size=cache
-        )
-        self.test_tf = test_tf
+        self.val_set = self.eval_dataset(self.split.val)
+        self.val_loader = self._plain_loader(self.val_set, persistent=True)
+        self.gallery_loader = self._plain_loader(self.gallery_set, persistent=True)
         t = self.cfg.train
         self.sampler = PKSampler(
             self.train_set.targets, t.batch_size // t.num_instances, t.num_instances, seed=t.seed
@@ -142,30 +155,43 @@ class Trainer:
             num_workers=d.num_workers,
             drop_last=True,
             pin_memory=self.device.type == "cuda",
+            persistent_workers=d.num_workers > 0,
         )
 
-    def _plain_loader(self, dataset: ImageDataset) -> DataLoader:
+    def eval_dataset(self, items) -> ImageDataset:
+        """Images seen through the test transform; decoded once when ``data.in_memory``
+        (whose transforms expect images already at the model's size)."""
+        d = self.cfg.data
+        cache = self.model.preprocess["size"] if d.in_memory else None
+        return ImageDataset(self.root, items, self.test_tf, self.labels, cache_size=cache)
+
+    def _plain_loader(self, dataset: ImageDataset, persistent: bool = False) -> DataLoader:
+        workers = self.cfg.data.num_workers
         return DataLoader(
             dataset,
             batch_size=self.cfg.eval.batch_size,
             shuffle=False,
-            num_workers=self.cfg.data.num_workers,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=persistent and workers > 0,
         )
+
+    def features(self, loader: DataLoader, *, desc: str, **kw) -> torch.Tensor:
+        """Features under the run's autocast (bf16 on the GPU), returned as fp32."""
+        model = self.accelerator.unwrap_model(self.model)
+        with self.accelerator.autocast():
+            return extract_features(model, loader, self.device, desc=desc, **kw)
 
     # ------------------------------------------------------------------ stage 1
 
     def stage1(self) -> None:
         cfg = self.cfg
         cache_dir = Path(cfg.train.stage1_cache or cache_root() / "stage1")
-        key = stage1_key(cfg, self.split.train)
+        key = stage1_key(cfg, self.split.train, images=self.root)
 
         def compute() -> dict[str, Any]:
-            feats = extract_features(
-                self.model,
-                self._plain_loader(self.gallery_set),
-                self.device,
-                desc="stage-1 features",
-            )
+            # the unit pre-BN feature that stage 2's SupCon uses, whatever the retrieval feature
+            feats = self.features(self.gallery_loader, desc="stage-1 features", kind="unit")
             labels = torch.tensor(self.gallery_set.targets)
             history = train_prompts(
                 self.model,
@@ -210,7 +236,7 @@ class Trainer:
         self.optimizer = make_optimizer(cfg.optim.name, groups)
         centers = self.losses.center_parameters()
         self.center_opt = torch.optim.SGD(centers, lr=cfg.loss.center.lr) if centers else None
-        steps_per_epoch = max(1, len(self.train_loader) // cfg.train.grad_accum)
+        steps_per_epoch = max(1, len(self.train_loader))
         self.scheduler = make_scheduler(
             self.optimizer,
             cfg.optim.scheduler,
@@ -223,6 +249,9 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         if self.center_opt is not None:
             self.center_opt = self.accelerator.prepare(self.center_opt)
+        model = self.accelerator.unwrap_model(self.model)
+        self.state_keys = ckpt.trainable_keys(model)  # what a checkpoint holds
+        self.fingerprint = ckpt.frozen_fingerprint(model, self.state_keys)
 
     @torch.no_grad()
     def compute_text_features(self) -> None:
@@ -242,30 +271,30 @@ class Trainer:
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         seen, start = 0, time.time()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        model = acc.unwrap_model(self.model)
         for images, labels, _ in tqdm(
             self.train_loader, desc=f"epoch {epoch}", leave=False, disable=None
         ):  # no bars when not on a terminal
-            images, labels = images.to(self.device), labels.to(self.device)
-            with acc.accumulate(self.model):
-                with acc.autocast():
-                    out = acc.unwrap_model(self.model).encode_image(images)
-                    inputs = LossInputs(
-                        out.feat.float(),
-                        out.bn_feat.float(),
-                        out.unit.float(),
-                        self.text_feats[labels],
-                        labels,
-                    )
-                    loss, parts = self.losses(inputs)
-                nonfinite |= ~torch.isfinite(loss.detach())
-                acc.backward(loss)
-                if acc.sync_gradients and cfg.optim.grad_clip > 0:
-                    acc.clip_grad_norm_(params, cfg.optim.grad_clip)  # before the step
-                self.optimizer.step()
-                self._step_centers()
-                if acc.sync_gradients:
-                    self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            with acc.autocast():
+                out = model.encode_image(images)
+                inputs = LossInputs(
+                    out.feat.float(),
+                    out.bn_feat.float(),
+                    out.unit.float(),
+                    self.text_feats[labels],
+                    labels,
+                )  # the losses compute in fp32 whatever the autocast
+                loss, parts = self.losses(inputs)
+            nonfinite |= ~torch.isfinite(loss.detach())
+            acc.backward(loss)
+            if cfg.optim.grad_clip > 0:
+                acc.clip_grad_norm_(params, cfg.optim.grad_clip)  # before the step
+            self.optimizer.step()
+            self._step_centers()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
             seen += len(labels)
             for name, value in {"loss": loss, **parts}.items():
                 key = name if name == "loss" else f"loss_{name}"
@@ -291,11 +320,8 @@ class Trainer:
         self.center_opt.zero_grad(set_to_none=True)
 
     def validate(self) -> dict[str, float]:
-        model = self.accelerator.unwrap_model(self.model)
-        val = extract_features(model, self._plain_loader(self.val_set), self.device, desc="val")
-        gal = extract_features(
-            model, self._plain_loader(self.gallery_set), self.device, desc="gallery"
-        )
+        val = self.features(self.val_loader, desc="val")
+        gal = self.features(self.gallery_loader, desc="gallery")
         m = evaluate_val(val, self.split.val, gal, self.split.train)
         return {"val_mAP": m["mAP"], "val_rank1": m["rank1"]}
 
@@ -303,7 +329,10 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "model": self.accelerator.unwrap_model(self.model).state_dict(),
+            "model": ckpt.trainable_state(
+                self.accelerator.unwrap_model(self.model), self.state_keys
+            ),
+            "fingerprint": self.fingerprint,
             "losses": self.losses.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "center_opt": self.center_opt.state_dict() if self.center_opt else None,
@@ -327,7 +356,8 @@ class Trainer:
             )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.accelerator.unwrap_model(self.model).load_state_dict(state["model"])
+        ckpt.check_fingerprint(state.get("fingerprint"), self.fingerprint)
+        ckpt.load_trainable(self.accelerator.unwrap_model(self.model), state["model"])
         self.losses.load_state_dict(state["losses"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.center_opt is not None and state["center_opt"] is not None:
@@ -337,16 +367,20 @@ class Trainer:
         ckpt.set_rng_state(state["rng"])
         self.stage1_info = {**state.get("stage1", {}), "resumed_from_epoch": self.progress.epoch}
 
-    def save_best(self) -> None:
+    def save_best(self, checkpoint: Path | None) -> None:
+        """``best.pt``: the epoch's checkpoint itself (a hard link, no bytes written), or
+        the trainable tensors alone when per-epoch checkpoints are off."""
+        if checkpoint is not None:
+            ckpt.atomic_link(checkpoint, self.out / BEST)
+            return
         model = self.accelerator.unwrap_model(self.model)
-        ckpt.atomic_save(
-            {
-                "model": model.state_dict(),
-                "losses": self.losses.state_dict(),
-                "epoch": self.progress.epoch,
-            },
-            self.out / BEST,
-        )
+        best = {
+            "model": ckpt.trainable_state(model, self.state_keys),
+            "fingerprint": self.fingerprint,
+            "losses": self.losses.state_dict(),
+            "progress": {"epoch": self.progress.epoch},
+        }
+        ckpt.atomic_save(best, self.out / BEST)
 
     # ------------------------------------------------------------------ loop
 
@@ -361,7 +395,6 @@ class Trainer:
             improved = stats["val_mAP"] > p.best_map
             if improved:
                 p.best_map, p.best_epoch, p.bad_epochs = stats["val_mAP"], epoch, 0
-                self.save_best()
             else:
                 p.bad_epochs += 1
             stop = cfg.train.patience > 0 and p.bad_epochs >= cfg.train.patience
@@ -378,9 +411,11 @@ class Trainer:
             p.history.append(row)
             self._write_history()
             path = None
-            if cfg.train.keep_checkpoints:
+            if cfg.train.keep_checkpoints:  # written once per epoch, never copied
                 path = self.out / CHECKPOINT
                 ckpt.atomic_save(self.state_dict(), path)
+            if improved:
+                self.save_best(path)
             self._report(row, path)
             log.info(
                 "epoch %d  loss %.4f  val mAP %.2f  rank-1 %.2f  (%.1f img/s)",
@@ -407,14 +442,15 @@ class Trainer:
         tmp.replace(self.out / "history.csv")
 
     def run(self) -> dict[str, Any]:
-        self.setup()
         resume = self.out / CHECKPOINT
         state = ckpt.load(resume) if resume.is_file() else None
+        if state is not None:  # before setup() writes this run's config.yaml
+            self.check_same_config(state)
+        self.setup()
         if state is None:
             self.stage1()
         self.setup_stage2()
         if state is not None:
-            self.check_same_config(state)
             self.load_state_dict(state)
             log.info("resumed %s after epoch %d", self.out, self.progress.epoch)
         self.compute_text_features()
@@ -485,12 +521,15 @@ def evaluate_test(cfg: Config, out_dir: str | Path, *, trainer: Trainer | None =
         trainer = Trainer(cfg, out)
         trainer.setup()
     model = trainer.accelerator.unwrap_model(trainer.model)
-    model.load_state_dict(ckpt.load(out / BEST)["model"])
-    protocol = trainer.split.test
-    test_set = ImageDataset(trainer.root, protocol.images, trainer.test_tf)
-    feats = extract_features(
-        model, trainer._plain_loader(test_set), trainer.device, flip=cfg.eval.flip_tta, desc="test"
+    best = ckpt.load(out / BEST)
+    ckpt.check_fingerprint(
+        best.get("fingerprint"), ckpt.frozen_fingerprint(model, list(best["model"]))
     )
+    ckpt.load_trainable(model, best["model"])
+    protocol = trainer.split.test
+    test_set = trainer.eval_dataset(protocol.images)
+    loader = trainer._plain_loader(test_set)
+    feats = trainer.features(loader, flip=cfg.eval.flip_tta, desc="test")
     result = evaluate_protocol(feats, protocol)
     result["protocol"] = cfg.eval.protocol
     return result

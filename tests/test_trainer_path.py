@@ -1,0 +1,188 @@
+"""The trainer off the tiny default path: in-memory data, pre+post retrieval, prepared
+images, refused settings, slim checkpoints, resume guards and the evaluation loop."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from handreid.config import load_config
+from handreid.errors import ConfigError, HandReIDError
+from handreid.train.trainer import Trainer, train
+from tests.conftest import TINY_YML, tiny_overrides
+
+
+def test_in_memory_data_gives_the_same_test_scores_as_reading_files(tiny_cfg, tmp_path):
+    common = {"train.epochs": 1, "eval.n_splits": 2}
+    files = train(tiny_cfg(**common), tmp_path / "files")
+    memory = train(tiny_cfg(**common, **{"data.in_memory": True}), tmp_path / "memory")
+    assert memory["test"]["mAP"] == pytest.approx(files["test"]["mAP"], abs=1e-6)
+    assert memory["val_mAP"] == pytest.approx(files["val_mAP"], abs=1e-6)
+
+
+def test_pre_post_retrieval_trains_and_shares_stage1_with_pre_bn(tiny_cfg, tmp_path):
+    joint = tiny_cfg(**{"train.epochs": 1, "model.retrieval_feature": "pre_post"})
+    first = train(joint, tmp_path / "joint")  # computes stage 1 itself
+    assert first["status"] == "done" and first["test"]["mAP"] >= 0
+    second = train(tiny_cfg(**{"train.epochs": 1}), tmp_path / "pre", evaluate_on_test=False)
+    # stage 1 learns on the unit pre-BN feature whatever the retrieval feature
+    assert second["stage1_key"] == first["stage1_key"] and second["stage1_cache"] == "hit"
+
+
+def test_stage1_key_depends_on_where_the_images_come_from(tiny_cfg, tmp_path):
+    from handreid.data.build import build_split, resolve_root
+    from handreid.train.stage1 import stage1_key
+
+    cfg = tiny_cfg()
+    root = resolve_root(cfg.data)
+    items = build_split(cfg.data, cfg.eval, root=root).train
+    here = stage1_key(cfg, items, images=root)
+    assert stage1_key(cfg, items, images=root) == here
+    assert stage1_key(cfg, items, images=tmp_path) != here
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("train.grad_accum", 2, "gradient accumulation is not supported"),
+        ("train.mixed_precision", "fp16", "fp16 is not supported"),
+    ],
+)
+def test_unsupported_precision_and_accumulation_are_refused(key, value, words, capsys):
+    from handreid.train.cli import main
+
+    with pytest.raises(ConfigError, match=words) as err:
+        load_config(TINY_YML, {key: value})
+    assert err.value.key == key
+    assert main(["--config", str(TINY_YML), "--set", f"{key}={value}"]) != 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0] and "Traceback" not in lines[0]
+
+
+def test_prepared_images_are_read_instead_of_the_root(tiny_cfg, tmp_path):
+    from handreid.data.build import resolve_root
+    from handreid.data.prepare import prepare
+
+    raw = resolve_root(tiny_cfg().data)
+    prepare(raw, tmp_path / "prepared", short_side=32, workers=1)
+    cfg = tiny_cfg(
+        **{"data.root": str(tmp_path / "gone"), "data.prepared": str(tmp_path / "prepared")}
+    )
+    result = train(cfg, tmp_path / "run", evaluate_on_test=False)
+    assert result["status"] == "done"
+    with pytest.raises(HandReIDError, match="data.prepared: .* has no HandInfo.csv"):
+        train(tiny_cfg(**{"data.prepared": str(tmp_path)}), tmp_path / "bad")
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def _frozen_keys(run) -> set[str]:
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    return set(ckpt["model"])
+
+
+@pytest.mark.parametrize(("backbone", "n"), [("tiny-vit", 1), ("tiny-rn", 1)])
+def test_checkpoints_hold_only_what_training_changes(tiny_cfg, tmp_path, backbone, n):
+    cfg = tiny_cfg(**{"model.backbone": backbone, "model.unfreeze_blocks": n, "train.epochs": 1})
+    train(cfg, tmp_path / "run", evaluate_on_test=False)
+    trainer = Trainer(cfg, tmp_path / "probe")
+    trainer.setup()
+    trainer.setup_stage2()
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    trainable = {k for k, p in model.named_parameters() if p.requires_grad}
+    saved = _frozen_keys(tmp_path / "run")
+    assert trainable <= saved and "prompt.ctx" in saved and "bnneck.running_mean" in saved
+    leftover = saved - trainable - {"prompt.ctx"}
+    assert all(
+        k.startswith("bnneck.") or "bn" in k or "running" in k or "num_batches" in k
+        for k in leftover
+    ), leftover  # only BatchNorm state beyond the parameters
+    assert not any(k.startswith("prompt.text_encoder") for k in saved)
+    full = model.state_dict()
+    assert len(saved) < len(full) / 2
+    # best.pt is the best epoch's checkpoint itself: no second write
+    assert (
+        os.stat(tmp_path / "run" / "best.pt").st_ino
+        == os.stat(tmp_path / "run" / "checkpoint.pt").st_ino
+    )
+
+
+def test_best_weights_without_per_epoch_checkpoints_are_slim(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(
+        **{"model.unfreeze_blocks": 1, "train.epochs": 1, "train.keep_checkpoints": False}
+    )
+    result = train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    assert "optimizer" not in best and "visual.conv1.weight" not in best["model"]
+    assert result["test"]["mAP"] >= 0
+
+
+def test_resume_refuses_other_frozen_weights(tmp_path):
+    from handreid.models.registry import build_clip
+
+    weights = tmp_path / "tiny.pt"
+    torch.manual_seed(1)
+    torch.save(build_clip("tiny-vit", "none").state_dict(), weights)
+    cfg = load_config(
+        TINY_YML,
+        tiny_overrides(
+            **{
+                "model.pretrained": str(weights),
+                "model.unfreeze_blocks": 1,
+                "train.stage1_cache": str(tmp_path / "s1"),
+                "train.epochs": 2,
+            }
+        ),
+    )
+
+    class Killed(BaseException):
+        pass
+
+    def die(metrics, _path):
+        raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, tmp_path / "run", report=die)
+    torch.manual_seed(2)
+    torch.save(build_clip("tiny-vit", "none").state_dict(), weights)  # same path, new weights
+    with pytest.raises(HandReIDError, match="other frozen weights"):
+        train(cfg, tmp_path / "run")
+
+
+def test_a_refused_resume_leaves_the_run_config_alone(tiny_cfg, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_cfg(**{"train.epochs": 1}), run, evaluate_on_test=False)
+    before = (run / "config.yaml").read_text()
+    with pytest.raises(HandReIDError, match="different configuration"):
+        train(tiny_cfg(**{"train.epochs": 1, "optim.lr_visual": 0.01}), run)
+    assert (run / "config.yaml").read_text() == before
+
+
+# ------------------------------------------------------------------ the evaluation loop
+
+
+def test_validation_reuses_its_loaders_and_runs_under_autocast(tiny_cfg, tmp_path, monkeypatch):
+    import handreid.train.trainer as trainer_mod
+
+    built, autocast = [], []
+    plain = Trainer._plain_loader
+    original = trainer_mod.extract_features
+
+    def counting_loader(self, *args, **kw):
+        built.append(kw)
+        return plain(self, *args, **kw)
+
+    def recording(model, loader, device, **kw):
+        autocast.append(torch.is_autocast_enabled("cpu"))
+        return original(model, loader, device, **kw)
+
+    monkeypatch.setattr(Trainer, "_plain_loader", counting_loader)
+    monkeypatch.setattr(trainer_mod, "extract_features", recording)
+    cfg = tiny_cfg(**{"train.epochs": 3, "train.mixed_precision": "bf16"})
+    train(cfg, tmp_path / "run", evaluate_on_test=False)
+    assert len(built) == 2  # val and gallery, once per run (not per epoch)
+    assert autocast and all(autocast)
