@@ -1,21 +1,95 @@
 #!/usr/bin/env bash
-# GPU check for one H100 (no network, random init): stage-2 images/s and peak memory for
-# ViT-B-16 and RN50 at 224 px, fp32 vs bf16, and the aggregate throughput of 1, 2 and 4
-# concurrent trials sharing the GPU (what --gpus-per-trial 1, 0.5, 0.25 do).
-# Runs in well under 8 minutes. Needs torch, open_clip and accelerate importable (carry
-# the wheels in .whl/ as the device README explains) and this checkout.
+# GPU check for one H100 (no network), run as ONE command, in well under 8 minutes:
+#  1. the real trainer CLI (handreid.train.cli), bf16, one stage-1 and one stage-2 epoch
+#     on generated hands (64 ids x 6 images at 256x192, read at 224 px), for ViT-B-16 and
+#     RN50, with weights read from a local OpenAI-format file (bench.openai_weights). Any
+#     failure (a dtype bug, say) stops the script here with the trainer's error in the log.
+#  2. stage-2 step throughput (bench.gpu_throughput, random init, batch 32): images/s,
+#     peak memory, and MFU for bf16; ViT-B-16 and RN50 bf16, ViT-B-16 fp32, 2 and 4
+#     concurrent ViT-B-16 bf16 trials (the single run is the 1-trial figure).
+#  3. one summary line and $OUT/gpu_summary.json.
+# What comes back from $OUT: gpu.txt, train-<backbone>.log, throughput.log,
+# gpu_throughput.jsonl, gpu_summary.json. Weights, the synthetic data (HANDREID_CACHE) and
+# the run directories go to $OUT/scratch, deleted on exit (too many and too large to copy).
+# Needs torch and accelerate (on the device image) and open_clip + ftfy: wheels in .whl/
+# are installed first when present (see the device README).
 #   bash bench/gpu_check.sh [OUT_DIR]
+#   PEAK_TFLOPS=756 bash bench/gpu_check.sh ...   # override the assumed bf16 peak
+# CPU smoke test of the same commands at tiny sizes (no GPU, random init unless
+# bench/openai_weights.py exists):
+#   GPU_CHECK_CPU_SMOKE=1 PYTHON=.venv/bin/python bash bench/gpu_check.sh /tmp/gpu-check-smoke
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-bench/results}}
 mkdir -p "$OUT"
-export PYTHONPATH=${PYTHONPATH:-}:$PWD
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-python3 -m bench.gpu_throughput single --backbone ViT-B-16 --precision fp32 --out "$OUT"
-python3 -m bench.gpu_throughput single --backbone ViT-B-16 --precision bf16 --out "$OUT"
-python3 -m bench.gpu_throughput single --backbone RN50 --precision fp32 --out "$OUT"
-python3 -m bench.gpu_throughput single --backbone RN50 --precision bf16 --out "$OUT"
-for n in 1 2 4; do
-  python3 -m bench.gpu_throughput concurrent --backbone ViT-B-16 --precision bf16 --trials "$n" --out "$OUT"
+OUT=$(cd "$OUT" && pwd)
+SCRATCH=$OUT/scratch
+rm -rf "$SCRATCH"
+mkdir -p "$SCRATCH"
+trap 'rm -rf "$SCRATCH"' EXIT
+export HANDREID_CACHE=$SCRATCH/cache PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+PY=${PYTHON:-python3}
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl
+  export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
+
+SETS=(data.root=null data.synth.width=256 data.synth.height=192 data.num_workers=4
+  train.mixed_precision=bf16 train.epochs=1 train.stage1_epochs=1)
+if [[ ${GPU_CHECK_CPU_SMOKE:-0} == 1 ]]; then
+  DEV=(--cpu)
+  SETS+=(data.synth.ids=8 data.synth.per_id=4 train.batch_size=8 train.stage1_batch_size=8)
+  THR=(--cpu --batch 8 --warmup 1 --steps 1 --peak-tflops 1)
+  WEIGHTS=$([[ -f bench/openai_weights.py ]] && echo file || echo none)
+else
+  DEV=()
+  SETS+=(data.synth.ids=64 data.synth.per_id=6)
+  THR=(${PEAK_TFLOPS:+--peak-tflops "$PEAK_TFLOPS"})
+  WEIGHTS=file
+fi
+stamp() { echo "== $* ($SECONDS s)"; }
+
+stamp "device"
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+fi
+"$PY" -c 'import torch, open_clip, accelerate; print("torch", torch.__version__,
+"open_clip", open_clip.__version__, "accelerate", accelerate.__version__,
+"device", torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")' \
+  | tee -a "$OUT/gpu.txt"
+
+# 1. the trainer CLI, bf16, one epoch of each stage
+for spec in ViT-B-16:vitb16 RN50:rn50; do
+  backbone=${spec%%:*}
+  log=$OUT/train-$backbone.log
+  stamp "train $backbone" | tee "$log"
+  pretrained=none
+  if [[ $WEIGHTS == file ]]; then
+    pretrained=$SCRATCH/$backbone.pt
+    "$PY" -m bench.openai_weights --backbone "$backbone" --out "$pretrained" 2>&1 | tee -a "$log"
+  fi
+  args=()
+  for kv in "${SETS[@]}" "model.pretrained=$pretrained"; do args+=(--set "$kv"); done
+  "$PY" -m handreid.train.cli --config "spaces/base/${spec#*:}.yml" --out "$SCRATCH/run-$backbone" \
+    "${DEV[@]}" "${args[@]}" 2>&1 | tee -a "$log"
 done
-python3 -m bench.gpu_throughput summary --out "$OUT"
+
+# 2. throughput and MFU (each line appends to gpu_throughput.jsonl)
+rm -f "$OUT/gpu_throughput.jsonl"
+thr() { "$PY" -m bench.gpu_throughput "$@" --out "$OUT" "${THR[@]}" 2>&1 | tee -a "$OUT/throughput.log"; }
+stamp "throughput" | tee "$OUT/throughput.log"
+thr single --backbone ViT-B-16 --precision bf16
+thr single --backbone RN50 --precision bf16
+thr single --backbone ViT-B-16 --precision fp32
+thr concurrent --backbone ViT-B-16 --precision bf16 --trials 2
+if ((SECONDS < 360)); then # 4 trials start 4 processes: skipped when time is short
+  thr concurrent --backbone ViT-B-16 --precision bf16 --trials 4
+else
+  echo "skipped 4 concurrent trials: ${SECONDS}s used" | tee -a "$OUT/throughput.log"
+fi
+
+# 3. summary
+"$PY" -m bench.gpu_throughput summary --out "$OUT" | tee -a "$OUT/throughput.log"
+stamp "done" | tee -a "$OUT/throughput.log"

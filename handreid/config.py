@@ -84,6 +84,10 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "ViT-B-16"
     pretrained: str = "openai"  # "openai", "none", or a local checkpoint file
+    # Towers' activation. OpenAI's weights were trained with QuickGELU, but open_clip builds
+    # ViT-B-16 / RN50 with GELU. "auto" follows the weights (open_clip's tag registry, OpenAI's
+    # file format); an explicit value that contradicts known weights is refused.
+    activation: Literal["auto", "gelu", "quick_gelu"] = "auto"
     cache_dir: str | None = None
     n_ctx: int = 4
     templates: tuple[str, ...] = ("A photo of a X X X X hand.",)
@@ -91,7 +95,12 @@ class ModelConfig:
     retrieval_feature: Literal["pre_bn", "pre_post"] = "pre_bn"
 
     def __post_init__(self) -> None:
-        from handreid.models.registry import available_backbones, vision_depth
+        from handreid.models.registry import (
+            activation_mismatch,
+            available_backbones,
+            tag_quick_gelu,
+            vision_depth,
+        )
 
         _check(
             self.backbone in available_backbones(),
@@ -115,6 +124,10 @@ class ModelConfig:
             f"must be -1 (all), 0 (frozen) or up to {depth} for {self.backbone}, "
             f"got {self.unfreeze_blocks}",
         )
+        trained = tag_quick_gelu(self.backbone, self.pretrained)
+        weights = f"the {self.pretrained!r} weights of {self.backbone}"
+        problem = activation_mismatch(self.activation, trained, weights)
+        _check(not problem, "activation", problem)
 
 
 def _count_placeholders(template: str) -> int:

@@ -47,9 +47,7 @@ def test_training_beats_the_untrained_model(tiny_cfg, tmp_path):
     untrained = Trainer(cfg, tmp_path / "untrained")
     untrained.setup()
     before = untrained.validate()["val_mAP"]
-    start = time.time()
-    result = train(cfg, tmp_path / "run")
-    assert time.time() - start < 60
+    result = train(cfg, tmp_path / "run")  # its speed is a benchmark (BENCHMARKS.md), not a test
     assert result["status"] == "done" and result["epochs"] == 25
     assert result["val_mAP"] > before + 10, (before, result["val_mAP"])
     test = result["test"]

@@ -2,7 +2,9 @@
 
 Each loss is an ``nn.Module`` taking a :class:`LossInputs`; those that own parameters
 (classifier, ArcFace, centers) expose them through ``parameters()`` so the trainer puts
-every one of them in an optimiser.
+every one of them in an optimiser. Every loss computes in float32 with autocast off
+(:func:`handreid.losses.functional.float32`), so it behaves the same under CPU and CUDA
+autocast.
 """
 
 from __future__ import annotations

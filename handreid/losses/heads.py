@@ -1,4 +1,8 @@
-"""Losses that own parameters: ID classifier, ArcFace and centers (nn.Module heads)."""
+"""Losses that own parameters: ID classifier, ArcFace and centers (nn.Module heads).
+
+Each head computes in float32 with autocast off (:func:`float32`), whatever the caller's
+autocast, and uses its parameters in float32.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,10 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from handreid.losses.functional import float32
+
+EPS = torch.finfo(torch.float32).eps  # floor of sin^2(theta): finite gradient at cos = 1
 
 
 class IdClassifier(nn.Module):
@@ -18,8 +26,9 @@ class IdClassifier(nn.Module):
         nn.init.normal_(self.fc.weight, std=0.001)
         self.label_smoothing = label_smoothing
 
+    @float32
     def forward(self, feat: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = self.fc(feat)
+        logits = F.linear(feat, self.fc.weight.float())
         return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
 
 
@@ -33,16 +42,22 @@ class ArcFace(nn.Module):
         self.scale = scale
         self.margin = margin
 
+    @float32
     def logits(self, feat: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        cos = F.linear(F.normalize(feat, dim=-1), F.normalize(self.weight, dim=-1))
-        cos = cos.clamp(-1 + 1e-7, 1 - 1e-7)
-        target = torch.cos(torch.acos(cos.gather(1, labels[:, None])) + self.margin)
-        # keep the target logit monotone in theta when theta + m passes pi
-        limit = math.cos(math.pi - self.margin)
-        fallback = cos.gather(1, labels[:, None]) - math.sin(math.pi - self.margin) * self.margin
-        target = torch.where(cos.gather(1, labels[:, None]) > limit, target, fallback)
+        cos = F.linear(F.normalize(feat, dim=-1), F.normalize(self.weight.float(), dim=-1))
+        target = self.add_margin(cos.gather(1, labels[:, None]))
         return self.scale * cos.scatter(1, labels[:, None], target)
 
+    def add_margin(self, cos: torch.Tensor) -> torch.Tensor:
+        """cos(theta + m) as cos*cos(m) - sin*sin(m): no acos, so the gradient stays finite
+        as cos -> 1. Past theta + m = pi it continues linearly, monotone in theta."""
+        m = self.margin
+        sin = (1 - cos * cos).clamp_min(EPS).sqrt()
+        shifted = cos * math.cos(m) - sin * math.sin(m)
+        fallback = cos - math.sin(math.pi - m) * m
+        return torch.where(cos > math.cos(math.pi - m), shifted, fallback)
+
+    @float32
     def forward(self, feat: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.logits(feat, labels), labels)
 
@@ -54,5 +69,6 @@ class CenterHead(nn.Module):
         super().__init__()
         self.centers = nn.Parameter(torch.randn(num_classes, dim))
 
+    @float32
     def forward(self, feat: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (feat - self.centers[labels]).pow(2).sum(1).mean()
+        return 0.5 * (feat - self.centers[labels].float()).pow(2).sum(1).mean()

@@ -88,9 +88,12 @@ def build_model(
     n_ctx: int = 4,
     templates=("A photo of a X X X X hand.",),
     retrieval_feature: str = "pre_bn",
+    activation: str = "auto",
 ) -> HandReIDModel:
+    """``activation``: ``auto`` (what the weights were trained with: QuickGELU for OpenAI's),
+    ``gelu`` or ``quick_gelu``; see :func:`handreid.models.registry.build_clip`."""
     import open_clip
 
-    clip = build_clip(backbone, pretrained, cache_dir)
+    clip = build_clip(backbone, pretrained, cache_dir, activation)
     tokenizer = open_clip.get_tokenizer(backbone)
     return HandReIDModel(clip, tokenizer, num_classes, n_ctx, templates, retrieval_feature)

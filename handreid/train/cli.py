@@ -40,7 +40,7 @@ def format_results(result: dict) -> str:
     test = result.get("test")
     if test:
         cells = "".join(
-            f"{test[k]:>6.2f}±{test[k + '_std']:<3.1f}" for k in ("rank1", "rank5", "rank10", "mAP")
+            f"{test[k]:>6.2f}±{test[k + '_std']:<4.1f}" for k in ("rank1", "rank5", "rank10", "mAP")
         )
         lines.append(f"{'test':10}{cells}")
         lines.append(

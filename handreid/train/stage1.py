@@ -46,6 +46,7 @@ def stage1_key(cfg, train_items: list[Item], *, images: str | Path) -> str:
     deps = {
         "images": str(Path(images).resolve()),
         "backbone": cfg.model.backbone,
+        "activation": cfg.model.activation,  # QuickGELU or GELU changes the text tower
         "pretrained": _pretrained_identity(cfg.model.pretrained),
         "split": split.hexdigest(),
         "n_ctx": cfg.model.n_ctx,

@@ -113,6 +113,7 @@ class Trainer:
             n_ctx=m.n_ctx,
             templates=m.templates,
             retrieval_feature=m.retrieval_feature,
+            activation=m.activation,
         )
         self.losses = build_loss_set(cfg.loss, self.model.embed_dim, len(self.labels))
         self.model.to(self.device)
