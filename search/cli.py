@@ -6,6 +6,8 @@ import argparse
 import logging
 import os
 import re
+import shlex
+import sys
 from pathlib import Path
 
 from handreid.cli_util import one_line_errors, setup_logging
@@ -25,7 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--name", help="search name (default: the space file's name)")
     p.add_argument("--address", help="join a Ray cluster ('auto' or host:port); default: local")
-    p.add_argument("--resume", action="store_true", help="continue a killed search")
+    p.add_argument(
+        "--resume", action="store_true", help="continue a stopped or killed search, as started"
+    )
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --resume: run the trials that ended in an error again (off by default)",
+    )
     p.add_argument("--max-concurrent", type=int, help="trials running at once")
     p.add_argument("--cpus-per-trial", type=float)
     p.add_argument("--gpus-per-trial", type=float, help="may be fractional, e.g. 0.25")
@@ -54,6 +63,29 @@ def check_args(args) -> None:
         raise HandReIDError(f"--name may use letters, digits, '.', '_' and '-' only: {args.name!r}")
     if args.data_root and not Path(args.data_root).is_dir():
         raise HandReIDError(f"--data-root {args.data_root}: not a folder")
+    if args.retry_failed and not args.resume:
+        raise HandReIDError("--retry-failed applies to --resume only")
+
+
+def check_sets(space, keys) -> None:
+    """A --set of a key the space sets in every trial would be dropped without a word."""
+    owned = space.owned_keys()
+    for key in keys:
+        if key in owned:
+            raise HandReIDError(
+                f"{space.source}: --set {key}: {owned[key]}, so every trial would overwrite "
+                "the value; change the space file instead"
+            )
+
+
+def all_failed(table) -> str | None:
+    """Why the search produced nothing, when none of its trials ended well."""
+    if table.empty:
+        return "no trial ran"
+    failed = table[table["status"] == "failed"].sort_values("trial_id")
+    if len(failed) < len(table):
+        return None
+    return f"all {len(table)} trials failed; first failure: {failed['fail_reason'].iloc[0]}"
 
 
 def print_best(table, metric: str) -> None:
@@ -65,22 +97,30 @@ def print_best(table, metric: str) -> None:
     print(f"trials: {len(table)} ({', '.join(f'{v} {k}' for k, v in counts.items())})")
 
 
+def resume_command(argv: list[str]) -> str:
+    """The command that continues this search: the same arguments plus --resume."""
+    return shlex.join(["handreid-search", *(a for a in argv if a != "--resume"), "--resume"])
+
+
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     setup_logging()
     check_args(args)
     from search.space import load_space
 
     overrides = parse_set_args(args.overrides)
+    sets = list(overrides)
     if args.data_root:
         overrides["data.root"] = str(Path(args.data_root).resolve())
     space = load_space(args.space, overrides)
+    check_sets(space, sets)
     for line in space.warnings:
         print(f"warning: {line}")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    from search.driver import SearchOptions, local_run_dir, run_search
+    from search.driver import SearchOptions, SearchStopped, local_run_dir, run_search
 
     opts = SearchOptions(
         name=args.name or Path(args.space).stem,
@@ -93,8 +133,17 @@ def main(argv: list[str] | None = None) -> int:
         gpus_per_trial=args.gpus_per_trial,
         stage1_cache=not args.no_stage1_cache,
         verbose=0 if args.quiet else 1,
+        retry_failed=args.retry_failed,
     )
-    table = run_search(space, opts)
+    try:
+        table = run_search(space, opts)
+    except SearchStopped as stop:  # nothing scored or written: the search goes on with this
+        print(f"{stop}; resume with: {resume_command(argv)}", file=sys.stderr)
+        return stop.exit_code
+    failure = all_failed(table)
+    if failure:  # exit code 1: the input was fine, the run was not (a Ray job reads FAILED)
+        print(f"error: {failure} (details: {local_run_dir(opts)})", file=sys.stderr)
+        return 1
     print_best(table, space.tune.metric)
     print(f"run directory: {local_run_dir(opts)}")
     return 0

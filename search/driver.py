@@ -2,17 +2,21 @@
 
 After the search: ``trials.csv`` (every trial), the Optuna study (``study.db``), the top-k
 trials per backbone scored on the test protocol (the only time test data is read), and
-``best/<backbone>/`` with the resolved config and checkpoint.
+``best/<backbone>/`` with the resolved config and checkpoint. A search stopped by Ctrl-C or
+SIGTERM raises ``SearchStopped`` instead and writes none of these: ``--resume`` goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
-from dataclasses import dataclass
+import threading
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,20 @@ class SearchOptions:
     gpus_per_trial: float | None = None
     stage1_cache: bool = True
     verbose: int = 1
+    retry_failed: bool = False  # on resume, run errored trials again
+
+
+class SearchStopped(Exception):
+    """A signal stopped the search before it finished; Tune saved its state for ``--resume``."""
+
+    def __init__(self, signum: int, path: str):
+        self.signum, self.path = signum, path
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} before the search finished (state saved in {path})")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
 def is_uri(storage: str) -> bool:
@@ -61,9 +79,14 @@ def init_ray(address: str | None, num_gpus: float | None = None) -> None:
         return
     if address:
         ray.init(address=address, log_to_driver=False)
-    else:  # a local instance inside this command: no dashboard, no network needed
+    else:  # a local instance inside this command: no dashboard, no network needed, and no
+        # joining a cluster that another `ray start` or search left running (address=None would)
         ray.init(
-            num_cpus=os.cpu_count(), num_gpus=num_gpus, include_dashboard=False, log_to_driver=False
+            address="local",
+            num_cpus=os.cpu_count(),
+            num_gpus=num_gpus,
+            include_dashboard=False,
+            log_to_driver=False,
         )
 
 
@@ -110,7 +133,7 @@ def build_tuner(space: SearchSpace, opts: SearchOptions):
         storage_path=opts.storage if is_uri(opts.storage) else str(Path(opts.storage).resolve()),
         failure_config=tune.FailureConfig(max_failures=t.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=t.checkpoints_to_keep),
-        callbacks=[TrialSummary(t.metric)],
+        callbacks=[TrialSummary(t.metric), *scratch_keeper(space, opts)],
         verbose=opts.verbose,
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
@@ -130,13 +153,50 @@ def make_trainable(space: SearchSpace, opts: SearchOptions, run_dir: Path):
         extra["train.stage1_cache"] = str(run_dir / "stage1_cache")  # shared by every trial
     elif not opts.stage1_cache:
         extra["train.stage1_reuse"] = False
-    cpus = opts.cpus_per_trial or space.tune.cpus_per_trial
-    gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else space.tune.gpus_per_trial
+    cpus, gpus = trial_resources(space, opts)
     if gpus == 0:
         extra["train.cpu"] = True
     scratch = None if is_uri(opts.storage) else str(run_dir / SCRATCH)
     trainable = tune.with_parameters(run_trial, space=space, extra=extra, scratch_root=scratch)
     return tune.with_resources(trainable, {"cpu": cpus, "gpu": gpus})
+
+
+def trial_resources(space: SearchSpace, opts: SearchOptions) -> tuple[float, float]:
+    """CPUs and GPUs of one trial, and of one top-k evaluation task: the flags, else the space's."""
+    cpus = opts.cpus_per_trial or space.tune.cpus_per_trial
+    gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else space.tune.gpus_per_trial
+    return cpus, gpus
+
+
+def check_resources(space: SearchSpace, opts: SearchOptions) -> None:
+    """Refuse what no node of the cluster can hold (a trial or task runs on one node), which
+    Ray would wait for forever. An autoscaling cluster may add such a node: not checked
+    there (the cluster launcher leaves its config in the home folder; Tune tests the same)."""
+    import ray
+
+    if Path("~/ray_bootstrap_config.yaml").expanduser().exists():
+        return
+    want = dict(zip(("CPU", "GPU"), trial_resources(space, opts)))
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(all(node.get(k, 0) >= v for k, v in want.items()) for node in nodes):
+        return
+    short = [k for k, v in want.items() if all(node.get(k, 0) < v for node in nodes)]
+    short = short or list(want)  # each fits somewhere, but not both on one node
+    asked = ", ".join(f"{resource_source(space, opts, k)} {want[k]:g}" for k in short)
+    total = ray.cluster_resources()
+    has = ", ".join(f"{total.get(k, 0):g} {k}s" for k in short)
+    largest = max(nodes, key=lambda r: [r.get(k, 0) for k in short], default={})
+    raise HandReIDError(
+        f"{asked}: the cluster has {has} (largest node: {largest.get('CPU', 0):g} CPUs, "
+        f"{largest.get('GPU', 0):g} GPUs); a trial must fit on one node"
+    )
+
+
+def resource_source(space: SearchSpace, opts: SearchOptions, kind: str) -> str:
+    flag = opts.cpus_per_trial if kind == "CPU" else opts.gpus_per_trial
+    if flag is not None:
+        return f"--{kind.lower()}s-per-trial"
+    return f"{space.source}: tune.resources.{kind.lower()}s"
 
 
 def make_sampler(seed: int, n_startup_trials: int):
@@ -162,32 +222,176 @@ def experiment_path(opts: SearchOptions) -> str:
 
 
 def run_search(space: SearchSpace, opts: SearchOptions) -> pd.DataFrame:
-    """Run (or resume) the search, then write trials.csv and best/. Returns the trial table."""
+    """Run (or resume) the search, then write trials.csv and best/. Returns the trial table.
+    Raises ``SearchStopped`` when a signal ended it early (nothing is written then)."""
     from ray import tune
 
-    init_ray(opts.address, num_gpus=None)
+    if opts.resume:
+        check_resume(space, opts)
     path = experiment_path(opts)
     exists = tune.Tuner.can_restore(path)
     if opts.resume and not exists:
         raise HandReIDError(f"nothing to resume at {path}")
     if not opts.resume and exists:
         raise HandReIDError(f"a search already exists at {path}: pass --resume or a new --name")
-    write_search_meta(space, opts)
-    if opts.resume:
-        run_dir = local_run_dir(opts)
-        tuner = tune.Tuner.restore(
-            path,
-            trainable=make_trainable(space, opts, run_dir),
-            resume_unfinished=True,
-            resume_errored=True,
-        )
-    else:
-        prepare_data(space)
-        tuner = build_tuner(space, opts)
-    grid = tuner.fit()
+    init_ray(opts.address, num_gpus=None)
+    check_resources(space, opts)
+    run_dir = local_run_dir(opts)
+    if not (opts.resume and (run_dir / "search.json").is_file()):
+        write_search_meta(space, opts)
+    with stop_signals() as stop:
+        if opts.resume:
+            tuner = restore_tuner(space, opts, path)
+        else:
+            prepare_data(space)
+            tuner = build_tuner(space, opts)
+        try:
+            grid = tuner.fit()
+        except KeyboardInterrupt:  # a second signal cut Tune's last state snapshot short
+            grid = None
+    if grid is None or not search_finished(path, read_search_meta(run_dir)["num_samples"]):
+        raise SearchStopped(stop.signum, path)
     if is_uri(opts.storage):
-        mirror_results(path, local_run_dir(opts))
+        mirror_results(path, run_dir)
     return finish(space, opts, grid)
+
+
+def restore_tuner(space: SearchSpace, opts: SearchOptions, path: str):
+    """The Tuner of a stopped or killed search, after failing the study trials it will not
+    continue. Errored trials stay as they ended unless ``opts.retry_failed`` (Tune runs them
+    again outside the concurrency limit, and the study keeps their first ending)."""
+    from ray import tune
+
+    rerun = ("ERROR",) if opts.retry_failed else ()
+    trials = saved_trials(path)
+    continued = {t.trial_id for t in trials if t.status not in ENDED or t.status in rerun}
+    fail_lost_trials(local_run_dir(opts), keep=continued)
+    return tune.Tuner.restore(
+        path,
+        trainable=make_trainable(space, opts, local_run_dir(opts)),
+        resume_unfinished=True,
+        resume_errored=opts.retry_failed,
+    )
+
+
+# ------------------------------------------------------------------ stop and resume
+
+ENDED = ("TERMINATED", "ERROR")  # Tune's trial states that a resume does not continue
+
+
+def saved_trials(path: str) -> list:
+    """The trials of Tune's newest experiment state snapshot, as a restore would load them."""
+    from ray.tune import ExperimentAnalysis
+
+    return ExperimentAnalysis(path).trials
+
+
+def search_finished(path: str, num_samples: int) -> bool:
+    """Whether the search ran to its end. After a stop signal ``fit`` returns normally and
+    Tune's in-memory trials all read TERMINATED (stopping marks them so), so the answer comes
+    from the snapshot Tune saved before stopping: every trial ended, and all were created."""
+    trials = saved_trials(path)
+    return len(trials) >= num_samples and all(t.status in ENDED for t in trials)
+
+
+class StopSignals:
+    """Which signal stopped the search; SIGINT unless a SIGTERM arrived."""
+
+    def __init__(self):
+        self.signum = signal.SIGINT
+
+    def on_sigterm(self, signum, frame) -> None:
+        """Stop as on Ctrl-C: hand the signal to whatever handles SIGINT now (inside ``fit``,
+        Tune, which stops the trials and saves the experiment state one last time)."""
+        self.signum = signal.SIGTERM
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):  # SIGINT ignored or at its C default: still stop
+            raise KeyboardInterrupt
+        handler(signal.SIGINT, frame)
+
+
+class _NoTuneResumeHint(logging.Filter):
+    """Tune's own "resume with Tuner.restore(...)" hint: the CLI prints the command instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Experiment has been interrupted")
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """Inside this block SIGTERM stops the search the way Ctrl-C does. Ray Tune 2.60 catches
+    SIGINT inside ``fit`` (and SIGUSR1) but not SIGTERM, on which Ray's crash handler aborts
+    the driver at once. Both handlers are put back afterwards: Tune leaves its SIGINT handler
+    installed after a run no signal stopped, so Ctrl-C during the wrap-up would do nothing."""
+    stop = StopSignals()
+    tune_log = logging.getLogger("ray.tune.tune")
+    hint = _NoTuneResumeHint()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signal handlers can only be set in the main thread
+        return
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, stop.on_sigterm)
+    tune_log.addFilter(hint)
+    try:
+        yield stop
+    finally:
+        tune_log.removeFilter(hint)
+        for signum, handler in old.items():  # None: set outside Python, not restorable
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+def check_resume(space: SearchSpace, opts: SearchOptions) -> None:
+    """A resume continues the search it was started as: Tune restores its own searcher,
+    scheduler and sample count, while trials would run on the space given now. So a space
+    that differs from the recorded one, or a different --num-samples or --max-concurrent,
+    is refused rather than half applied."""
+    run_dir = local_run_dir(opts)
+    meta_path = run_dir / "search.json"
+    if not meta_path.is_file():
+        return
+    old = json.loads(meta_path.read_text())
+    new = json.loads(json.dumps(search_meta(space, opts), default=str))
+    change = space_change(old, new)
+    if change:
+        raise HandReIDError(
+            f"{space.source}: {change}, unlike the space {old.get('space')} that started "
+            f"{run_dir}; resume with that space, or start a new search with --name"
+        )
+    for flag, key in (("--num-samples", "num_samples"), ("--max-concurrent", "max_concurrent")):
+        value = getattr(opts, key)
+        if value is not None and value != old.get(key):
+            raise HandReIDError(
+                f"{flag} {value}: the search was started with {old.get(key, 'another value')} "
+                "and a resume keeps it; start a new search with --name to change it"
+            )
+
+
+def space_change(old: dict, new: dict) -> str | None:
+    """The first difference between two recorded spaces (search.json), in words. Keys the
+    older record lacks are not compared; the space file's path may change."""
+    added = [k for k in new["params"] if k not in old.get("params", [])]
+    gone = [k for k in old.get("params", []) if k not in new["params"]]
+    if added or gone:
+        return f"search.{(added or gone)[0]} is {'new' if added else 'gone'}"
+    for section in ("distributions", "fixed", "tune"):
+        if section not in old:
+            continue
+        before, after = old[section], new[section]
+        for key in [*before, *(k for k in after if k not in before)]:
+            a, b = before.get(key), after.get(key)
+            if a == b:
+                continue
+            where = "search" if section == "distributions" else section
+            if key not in before or key not in after:
+                return f"{where}.{key} is {'new' if key not in before else 'gone'}"
+            if isinstance(a, dict) and isinstance(b, dict):
+                field = next(f for f in [*a, *b] if a.get(f) != b.get(f))
+                return f"{where}.{key}.{field} is {b.get(field)!r} (was {a.get(field)!r})"
+            return f"{where}.{key} is {b!r} (was {a!r})"
+    for key in ("metric", "mode", "max_epochs"):
+        if key in old and old[key] != new[key]:
+            return f"{key} is {new[key]!r} (was {old[key]!r})"
+    return None
 
 
 def mirror_results(uri: str, local: Path) -> None:
@@ -208,16 +412,21 @@ def mirror_results(uri: str, local: Path) -> None:
                 (local / rel).write_bytes(src.read())
 
 
-def write_search_meta(space: SearchSpace, opts: SearchOptions) -> None:
-    """What the analysis needs to read the run without Ray or the space file."""
-    run_dir = local_run_dir(opts)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    doc = {
+# read anew on resume; the rest of the tune block lives on in Tune's pickled state
+HONOURED_ON_RESUME = ("cpus_per_trial", "gpus_per_trial")
+
+
+def search_meta(space: SearchSpace, opts: SearchOptions) -> dict[str, Any]:
+    """What the analysis needs to read the run without Ray or the space file, and what a
+    resume compares against."""
+    t = space.tune
+    return {
         "name": opts.name,
         "space": space.source,
-        "metric": space.tune.metric,
-        "mode": space.tune.mode,
-        "num_samples": opts.num_samples or space.tune.num_samples,
+        "metric": t.metric,
+        "mode": t.mode,
+        "num_samples": opts.num_samples or t.num_samples,
+        "max_concurrent": opts.max_concurrent or t.max_concurrent,
         "max_epochs": space.max_epochs,
         "base_backbone": space.base.model.backbone,
         "params": [p.key for p in space.params],
@@ -234,10 +443,21 @@ def write_search_meta(space: SearchSpace, opts: SearchOptions) -> None:
             for p in space.params
             for b in p.branches
         },
+        "fixed": dict(space.fixed),
+        "tune": {k: v for k, v in asdict(t).items() if k not in HONOURED_ON_RESUME},
     }
+
+
+def write_search_meta(space: SearchSpace, opts: SearchOptions) -> None:
+    run_dir = local_run_dir(opts)
+    run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / "search.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.write_text(json.dumps(search_meta(space, opts), indent=2, default=str))
     tmp.replace(run_dir / "search.json")
+
+
+def read_search_meta(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "search.json").read_text())
 
 
 def prepare_data(space: SearchSpace) -> None:
@@ -323,7 +543,7 @@ def finish(space: SearchSpace, opts: SearchOptions, grid) -> pd.DataFrame:
         "test_mAP_std",
     ):
         table[col] = [tests.get(t, {}).get(col.removeprefix("test_")) for t in table["trial_id"]]
-    fail_zombies(run_dir)
+    fail_lost_trials(run_dir)  # none left after a resume, unless a tell failed
     write_table(table, run_dir / "trials.csv")
     write_report(run_dir)
     return table
@@ -342,8 +562,7 @@ def evaluate_top_k(space, opts, table, results, run_dir: Path) -> dict[str, dict
     k = space.tune.top_k
     usable = table[table["status"].isin(["complete", "pruned"])]
     picks = usable.groupby("backbone", sort=False).head(k)
-    gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else space.tune.gpus_per_trial
-    cpus = opts.cpus_per_trial or space.tune.cpus_per_trial
+    cpus, gpus = trial_resources(space, opts)
     task = ray.remote(num_cpus=cpus, num_gpus=gpus)(evaluate_checkpoint)
     jobs = {}
     for trial_id, path in zip(picks["trial_id"], picks["path"]):
@@ -366,6 +585,14 @@ def evaluate_top_k(space, opts, table, results, run_dir: Path) -> dict[str, dict
             save_best(folder, cfg, checkpoint, scratch_root(opts), out[trial_id], trial_id)
     drop_scratch(opts, keep=set(picks["trial_id"]))
     return out
+
+
+def scratch_keeper(space: SearchSpace, opts: SearchOptions) -> list:
+    """The callback that frees ended trials' state (with a storage path; see search.scratch)."""
+    from search.scratch import ScratchKeeper
+
+    root = scratch_root(opts)
+    return [] if root is None else [ScratchKeeper(root, space.tune.top_k, space.tune.mode)]
 
 
 def scratch_root(opts: SearchOptions) -> str | None:
@@ -405,16 +632,27 @@ def save_best(folder: Path, cfg, checkpoint, scratch, test: dict, trial_id: str)
     )
 
 
-def fail_zombies(run_dir: Path) -> None:
-    """Trials left RUNNING in the study by a killed driver are marked FAIL (resume re-runs them)."""
+def fail_lost_trials(run_dir: Path, keep: set[str] = frozenset()) -> int:
+    """Study trials left RUNNING by a killed driver are marked FAIL ("driver lost"), so TPE's
+    constant liar stops counting them as running. On resume this runs before Tune starts;
+    ``keep`` names the Tune trials the restored search continues: the restored searcher maps
+    each to its study trial (by the pickled Optuna trial), and its results land there."""
     import optuna
 
     storage = study_storage(run_dir)
+    lost = 0
     for summary in optuna.get_all_study_summaries(storage):
         for trial in storage.get_all_trials(summary._study_id):
-            if trial.state == optuna.trial.TrialState.RUNNING:
-                storage.set_trial_user_attr(trial._trial_id, "fail_reason", "driver lost")
-                storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+            if trial.state != optuna.trial.TrialState.RUNNING:
+                continue
+            if trial.user_attrs.get("ray_trial_id") in keep:
+                continue
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", "driver lost")
+            storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+            lost += 1
+    if lost:
+        log.warning("%d study trials of a lost driver, not continued, marked FAIL", lost)
+    return lost
 
 
 def write_report(run_dir: Path) -> None:

@@ -151,6 +151,14 @@ class SearchSpace:
     def optuna_points(self) -> list[dict[str, Any]]:
         return [self.optuna_point(p) for p in self.start_points]
 
+    def owned_keys(self) -> dict[str, str]:
+        """Config keys that the space itself sets in every trial, with what sets them: a
+        base-config override of one would be overwritten without a word."""
+        owned = {p.key: "the space searches this key" for p in self.params}
+        if self.tune.max_epochs is not None:
+            owned["train.epochs"] = f"the space's tune max_epochs ({self.tune.max_epochs}) sets it"
+        return owned
+
     @property
     def warnings(self) -> list[str]:
         """Legal but wasteful settings, one line each."""
@@ -185,8 +193,7 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Sea
     try:
         base = _load_base(doc.get("base"), path.parent)
         fixed = dict(doc.get("fixed") or {})
-        base = apply_overrides(base, overrides or {})
-        base = apply_overrides(base, fixed)
+        base = apply_overrides(base, {**fixed, **(overrides or {})})  # as trials see it
         params = _parse_params(doc.get("search") or {}, base)
         tune = _parse_tune(doc.get("tune") or {})
         points = doc.get("start_points") or []

@@ -129,9 +129,10 @@ FINISHED = "finished"
 
 
 def finished_here(out: Path) -> bool:
-    """A trial whose run ended and was slimmed (a driver killed before it recorded the end
-    restarts such a trial from its last checkpoint)."""
-    return (out / FINISHED).is_file() and (out / "best.pt").is_file()
+    """A trial whose run ended (completed, or stopped by the scheduler) and whose state was
+    freed: a driver killed before it recorded the end restarts such a trial from its last
+    checkpoint, and there is nothing left to run."""
+    return (out / FINISHED).is_file()
 
 
 def slim_best(out: Path) -> None:

@@ -1,15 +1,28 @@
-"""cluster.yaml is accepted by Ray's own launcher validation (what `ray up` runs)."""
+"""cluster.yaml and cluster.local.yaml: accepted by Ray's own launcher validation (what
+`ray up` runs), and the cluster they describe is closed: token authentication on every
+node, the dashboard on the head's loopback, the project in a venv on every node, the
+working tree synced as .gitignore says, no usage statistics, no variable nobody reads."""
 
 from __future__ import annotations
 
 import copy
+import re
+import shlex
 
 import jsonschema
 import pytest
 import yaml
+from ray._common.usage.usage_constants import USAGE_STATS_ENABLED_ENV_VAR
+from ray._private.authentication.authentication_token_setup import AUTH_MODE_ENV_VAR
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from tests.conftest import REPO
+
+CONFIGS = ["cluster.yaml", "cluster.local.yaml"]
+VENV = "~/handreid-venv"
+TOKEN = "~/.ray/auth_token"
+RAY_VARIABLES = {AUTH_MODE_ENV_VAR, USAGE_STATS_ENABLED_ENV_VAR}  # read by Ray itself
+ASSIGNMENT = re.compile(r"(?<![\w$])([A-Z][A-Z0-9_]*)=")
 
 
 def validated(path):
@@ -19,6 +32,31 @@ def validated(path):
     return config, prepared
 
 
+@pytest.fixture(params=CONFIGS)
+def prepared(request):
+    return validated(REPO / request.param)[1]
+
+
+def start_commands(prepared) -> dict[str, list[str]]:
+    """The `ray start` command of the head and of the workers, as `ray up` runs them."""
+    found = {}
+    for role in ("head", "worker"):
+        starts = [c for c in prepared[f"{role}_start_ray_commands"] if "ray start" in c]
+        assert len(starts) == 1, starts
+        found[role] = starts[0]
+    return found
+
+
+def ray_start_args(command: str) -> list[str]:
+    words = shlex.split(command.split("ray start", 1)[1])
+    return [w for a in words for w in a.split("=", 1)] if words else []
+
+
+def every_command(prepared) -> list[str]:
+    keys = [k for k in prepared if k.endswith("_commands")]
+    return [c for k in keys for c in prepared[k]]
+
+
 def test_cluster_yaml_passes_ray_validation():
     config, prepared = validated(REPO / "cluster.yaml")
     types = prepared["available_node_types"]
@@ -26,13 +64,73 @@ def test_cluster_yaml_passes_ray_validation():
     assert types["gpu_worker"]["min_workers"] == 0 and types["gpu_worker"]["max_workers"] >= 1
     assert prepared["idle_timeout_minutes"] > 0 and prepared["max_workers"] >= 1
     assert config["file_mounts"]["~/handreid-search"] == "."  # this commit on every node
-    assert any("pip install -q -e ~/handreid-search" in c for c in config["setup_commands"])
-    assert any("HANDREID_STORAGE" in c for c in config["setup_commands"])
 
 
 def test_local_provider_variant_passes_ray_validation():
     _config, prepared = validated(REPO / "cluster.local.yaml")
     assert prepared["provider"]["type"] == "local"
+
+
+def test_every_node_starts_ray_with_token_auth(prepared):
+    for role, command in start_commands(prepared).items():
+        before = shlex.split(command.split("ray start", 1)[0])
+        assert f"{AUTH_MODE_ENV_VAR}=token" in before, f"{role}: {command}"
+
+
+def test_one_token_made_on_the_head_and_copied_to_the_workers(prepared):
+    makes = [c for c in prepared["head_setup_commands"] if "get-auth-token --generate" in c]
+    assert len(makes) == 1 and "umask 077" in makes[0]  # readable by its owner only
+    assert not any("get-auth-token" in c for c in prepared["worker_setup_commands"])
+    assert TOKEN in prepared["cluster_synced_files"]  # head -> each worker, before ray start
+    assert not any(TOKEN in remote for remote in prepared["file_mounts"])  # never from here
+
+
+def test_shells_on_the_nodes_use_the_venv_and_the_token(prepared):
+    setup = prepared["worker_setup_commands"]
+    assert any(f"source {VENV}/bin/activate' >> ~/.bashrc" in c for c in setup)
+    assert any(f"export {AUTH_MODE_ENV_VAR}=token' >> ~/.bashrc" in c for c in setup)
+
+
+def test_dashboard_on_the_head_loopback_and_no_usage_stats(prepared):
+    args = ray_start_args(start_commands(prepared)["head"])
+    assert args[args.index("--dashboard-host") + 1] == "127.0.0.1"
+    assert "--disable-usage-stats" in args
+    assert not any(f"{USAGE_STATS_ENABLED_ENV_VAR}=1" in c for c in every_command(prepared))
+
+
+def test_project_and_ray_run_from_a_venv(prepared):
+    for role in ("head", "worker"):
+        setup = prepared[f"{role}_setup_commands"]
+        assert any(re.search(rf"python3 -m venv (--clear )?{VENV}\b", c) for c in setup), role
+        assert f"{VENV}/bin/python -m pip install -q -e ~/handreid-search" in setup, role
+        installs = [c for c in setup if "pip install" in c]
+        assert all(c.startswith(f"{VENV}/bin/python -m pip") for c in installs), installs
+        for command in prepared[f"{role}_start_ray_commands"]:
+            assert command.startswith(f"source {VENV}/bin/activate && "), command
+
+
+def test_project_install_brings_job_submission_and_dashboards():
+    tomllib = pytest.importorskip("tomllib")
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    ray = [d for d in deps if d.startswith("ray[")]
+    assert len(ray) == 1 and "default" in ray[0].split("]")[0]  # ray job submit, dashboard
+    assert any(d.startswith("optuna-dashboard") for d in deps)
+
+
+def test_working_tree_synced_as_gitignore_says(prepared):
+    assert prepared["rsync_filter"] == [".gitignore"]
+    assert prepared["rsync_exclude"] == [".git"]
+
+
+def test_every_variable_set_is_read(prepared):
+    code = "\n".join(
+        p.read_text() for d in ("handreid", "search", "analysis") for p in (REPO / d).rglob("*.py")
+    )
+    for command in every_command(prepared):
+        for name in ASSIGNMENT.findall(command):
+            if name in RAY_VARIABLES or name == "DEBIAN_FRONTEND":
+                continue
+            assert f'"{name}"' in code, f"{name} is set by {command!r} but read by no code"
 
 
 def test_validation_rejects_a_broken_config():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 from pathlib import Path
 
 import optuna
@@ -150,3 +152,76 @@ def test_storage_can_be_a_pyarrow_uri(ray_local, tmp_path, monkeypatch):
     assert (local / "trials.csv").is_file() and (local / "study.db").is_file()
     assert len(list(local.glob("trial_*/result.json"))) == 2  # mirrored for the report
     assert (local / "report" / "report.html").is_file()
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Fail (rather than hang) when the block runs longer than ``seconds``."""
+
+    def expire(*_):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--gpus-per-trial", "1"], "--gpus-per-trial 1: the cluster has 0 GPUs"),
+        (["--gpus-per-trial", "0.5"], "--gpus-per-trial 0.5: the cluster has 0 GPUs"),
+        (["--cpus-per-trial", "3"], "--cpus-per-trial 3: the cluster has 2 CPUs"),
+    ],
+)
+def test_resources_no_node_has_are_refused_before_any_trial(
+    ray_local, tmp_path, capsys, flags, message
+):
+    from search.cli import main
+
+    space = small_space(tmp_path, num_samples=2, max_epochs=1)
+    args = ["--space", str(space), "--storage", str(tmp_path / "runs"), "--quiet", *flags]
+    with deadline(60):
+        assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {message} (largest node: 2 CPUs, 0 GPUs)"), err
+    assert "\n" not in err
+    assert not (tmp_path / "runs").exists()  # nothing started, nothing written
+
+
+def test_an_autoscaling_cluster_is_not_refused_for_nodes_it_may_add(
+    ray_local, tmp_path, monkeypatch
+):
+    from search.driver import SearchOptions, check_resources
+    from search.space import load_space
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "ray_bootstrap_config.yaml").write_text("{}")  # what `ray up` leaves there
+    space = load_space(small_space(tmp_path, num_samples=1))
+    check_resources(space, SearchOptions(name="a", storage=str(tmp_path), gpus_per_trial=1))
+
+
+def test_a_search_whose_trials_all_fail_exits_non_zero_and_says_why(ray_local, tmp_path, capsys):
+    from search.cli import main
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")  # passes the space's checks, fails in every trial
+    space = small_space(
+        tmp_path,
+        num_samples=2,
+        max_epochs=1,
+        fixed={"model.backbone": "tiny-rn", "model.pretrained": str(junk)},
+        search={"optim.lr_visual": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        tune={"max_failures": 0},
+    )
+    args = ["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "f", "--quiet"]
+    with deadline(120):
+        assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: all 2 trials failed; first failure: error: "), err
+    assert "\n" not in err
+    assert (tmp_path / "runs" / "f" / "trials.csv").is_file()  # the record is still written

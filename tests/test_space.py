@@ -280,3 +280,39 @@ def test_space_layer_imports_no_ray():
     code = "import sys; sys.modules['ray'] = None; import search.space; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize(
+    "tune, flag, message",
+    [
+        ({}, "model.backbone=tiny-rn", "--set model.backbone: the space searches this key"),
+        ({}, "optim.lr_visual=0.001", "--set optim.lr_visual: the space searches this key"),
+        (
+            {"scheduler": {"type": "asha", "max_epochs": 4}},
+            "train.epochs=9",
+            "--set train.epochs: the space's tune max_epochs (4) sets it",
+        ),
+    ],
+)
+def test_a_set_the_space_would_overwrite_is_refused(tmp_path, capsys, tune, flag, message):
+    from search.cli import main
+
+    search = {
+        "model.backbone": {"type": "categorical", "choices": ["tiny-vit", "tiny-rn"]},
+        "optim.lr_visual": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+    }
+    path = write_space(tmp_path, search, tune=tune)
+    storage = ["--storage", str(tmp_path / "runs"), "--num-samples", "1", "--quiet"]
+    assert main(["--space", str(path), "--set", flag, *storage]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {path}: {message}"), err
+    assert "\n" not in err
+
+
+def test_a_set_wins_over_the_space_fixed_values(tmp_path):
+    search = {"optim.lr_visual": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+    path = write_space(tmp_path, search, fixed={"train.epochs": 3, "model.backbone": "tiny-vit"})
+    space = load_space(path, {"train.epochs": 5, "model.backbone": "tiny-rn"})
+    assert space.max_epochs == 5 and space.base.model.backbone == "tiny-rn"
+    cfg = space.trial_config({"optim.lr_visual": 1e-3})
+    assert cfg.train.epochs == 5 and cfg.model.backbone == "tiny-rn"

@@ -1,0 +1,63 @@
+"""Bounded disk: the driver frees the state of trials that have ended.
+
+With a storage path, each trial keeps its epoch states in ``<run dir>/scratch/<trial>/``
+(see :mod:`search.trainable`). A trial stopped by ASHA is killed, so it never cleans up
+after itself; this callback does, in the driver. When a trial ends (pruned, complete or
+failed) its resumable state goes, and only its ``best.pt`` stays, and only while the trial
+is among the ``top_k`` ended trials of its backbone (the ones the wrap-up scores). A trial
+that leaves the top-k loses its ``best.pt`` too. Peak disk is then bounded by the trials in
+flight (each: the checkpoints Tune keeps) plus ``top_k`` best checkpoints per backbone, plus
+the state of trials that ended in an error (kept for ``--retry-failed``).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+from ray.tune import Callback
+
+from search.trainable import FINISHED
+
+
+def free_trial(folder: Path, keep_best: bool) -> None:
+    """Leave the ended-trial marker (a resume must not run it again) and, maybe, best.pt."""
+    if not folder.is_dir():
+        return
+    (folder / FINISHED).write_text("")
+    for path in folder.iterdir():
+        if path.name == FINISHED or (keep_best and path.name == "best.pt"):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+class ScratchKeeper(Callback):
+    def __init__(self, root: str | Path, top_k: int, mode: str):
+        self.root = Path(root)
+        self.top_k = top_k
+        self.sign = -1.0 if mode == "max" else 1.0
+        self.ended: dict[str, dict[str, float]] = {}  # backbone -> trial id -> objective
+
+    def _ended(self, trial) -> None:
+        result = trial.last_result or {}
+        value = result.get("objective")
+        usable = isinstance(value, (int, float)) and math.isfinite(value)
+        backbone = str(result.get("backbone", "?"))
+        if not usable:
+            free_trial(self.root / trial.trial_id, keep_best=False)
+            return
+        board = self.ended.setdefault(backbone, {})
+        board[trial.trial_id] = float(value)
+        ranked = sorted(board, key=lambda t: self.sign * board[t])
+        for rank, trial_id in enumerate(ranked):
+            free_trial(self.root / trial_id, keep_best=rank < self.top_k)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._ended(trial)
+
+    # a trial that ended in an error keeps its state: `--retry-failed` resumes it from there
+    # (the wrap-up's clean-up removes it at the end of the search)

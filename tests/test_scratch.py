@@ -1,0 +1,115 @@
+"""Trial state on disk: the per-epoch hand-off to Tune, restore, and the driver's clean-up."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from search.scratch import ScratchKeeper
+from search.trainable import (
+    FINISHED,
+    drop_states,
+    epoch_file,
+    finished_here,
+    hand_over,
+    restore_into,
+)
+
+
+@dataclass
+class FakeTrial:
+    trial_id: str
+    last_result: dict = field(default_factory=dict)
+
+
+class FakeCheckpoint:
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def as_directory(self):
+        import contextlib
+
+        return contextlib.nullcontext(str(self.folder))
+
+
+def write_state(path: Path, data: bytes) -> None:
+    """As the trainer writes: a new file renamed into place (links keep the old one)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def a_trial_folder(root: Path, name: str) -> Path:
+    out = root / name
+    (out / "states").mkdir(parents=True)
+    for epoch in (1, 2, 3):
+        epoch_file(out, epoch).write_bytes(b"x" * 10)
+    (out / "checkpoint.pt").write_bytes(b"c")
+    (out / "best.pt").write_bytes(b"b")
+    return out
+
+
+def test_ended_trials_keep_only_a_top_k_best(tmp_path):
+    keeper = ScratchKeeper(tmp_path, top_k=1, mode="max")
+    for name in ("a", "b", "c", "d"):
+        a_trial_folder(tmp_path, name)
+    keeper.on_trial_complete(0, [], FakeTrial("a", {"objective": 30.0, "backbone": "rn"}))
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted([FINISHED, "best.pt"])
+    keeper.on_trial_complete(0, [], FakeTrial("b", {"objective": 40.0, "backbone": "rn"}))
+    assert not (tmp_path / "a" / "best.pt").exists()  # left the top-1 of its backbone
+    assert (tmp_path / "b" / "best.pt").exists()
+    keeper.on_trial_complete(0, [], FakeTrial("c", {"objective": 10.0, "backbone": "vit"}))
+    assert (tmp_path / "c" / "best.pt").exists()  # each backbone has its own top-k
+    keeper.on_trial_error(0, [], FakeTrial("d", {"objective": 50.0, "backbone": "rn"}))
+    assert epoch_file(tmp_path / "d", 3).exists()  # kept for --retry-failed
+    for name in ("a", "b", "c"):
+        assert finished_here(tmp_path / name)  # a resumed driver does not run them again
+        assert not (tmp_path / name / "states").exists()
+
+
+def test_hand_over_names_the_state_and_restore_drops_unreported_epochs(tmp_path):
+    out = tmp_path / "trial"
+    out.mkdir()
+    for epoch in (1, 2):
+        write_state(out / "checkpoint.pt", f"state {epoch}".encode())
+        folder = tmp_path / f"tune_{epoch}"
+        folder.mkdir()
+        hand_over(out, folder, epoch, best_epoch=1, durable=True)
+        assert json.loads((folder / "state.json").read_text())["epoch"] == epoch
+        assert not (folder / "checkpoint.pt").exists()  # Tune gets the manifest only
+    write_state(out / "checkpoint.pt", b"state 3")  # written, never reported: a kill
+    epoch_file(out, 3).write_bytes(b"state 3")
+    assert restore_into(out, FakeCheckpoint(tmp_path / "tune_2")) is False
+    assert (out / "checkpoint.pt").read_bytes() == b"state 2"
+    assert (out / "best.pt").read_bytes() == b"state 1"
+    assert not epoch_file(out, 3).exists()
+
+
+def test_states_are_kept_as_tune_keeps_checkpoints(tmp_path):
+    out = tmp_path / "trial"
+    (out / "states").mkdir(parents=True)
+    for epoch in range(1, 6):
+        epoch_file(out, epoch).write_bytes(b"x")
+    drop_states(out, keep={2}, last=2)  # Tune keeps the 2 newest; they name epoch 2 best
+    assert sorted(p.name for p in (out / "states").iterdir()) == [
+        "epoch_0002.pt",
+        "epoch_0004.pt",
+        "epoch_0005.pt",
+    ]
+
+
+def test_a_missing_state_is_one_clear_error(tmp_path):
+    from handreid.errors import HandReIDError
+
+    out = tmp_path / "trial"
+    out.mkdir()
+    folder = tmp_path / "tune"
+    folder.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"s")
+    hand_over(out, folder, 4, best_epoch=4, durable=True)
+    epoch_file(out, 4).unlink()  # e.g. deleted by hand, or storage not shared by this node
+    with pytest.raises(HandReIDError, match="checkpoint state of epoch 4 is missing"):
+        restore_into(out, FakeCheckpoint(folder))
