@@ -86,7 +86,13 @@ def test_search_prunes_fails_shares_stage1_and_scores_the_best(ray_local, tmp_pa
     assert study.trials[4].params["optim.lr_heads"] == 1e30  # start points go first
     assert "diverged" in study.trials[4].user_attrs["fail_reason"]
     frozen_trials = {t.user_attrs["ray_trial_id"] for t in study.trials[2:4]}
-    assert set(table[table.trial_id.isin(frozen_trials)]["status"]) == {"pruned"}
+    frozen_rows = table[table.trial_id.isin(frozen_trials)]
+    # The two frozen trials have the same flat curve. ASHA keeps a trial whose value equals
+    # the rung's cutoff, so once the first frozen trial is recorded at a rung the second
+    # can tie it there and pass: which one is cut depends on timing, not on the code.
+    assert "pruned" in set(frozen_rows["status"])
+    best_good = table[table["model.unfreeze_blocks"] > 0]["best_val_mAP"].max()
+    assert frozen_rows["best_val_mAP"].max() < best_good
 
     # stage 1 ran once for the whole search: no stage-2 parameter changes its key
     log = (run_dir / "stage1_cache" / "computations.log").read_text().splitlines()
