@@ -22,12 +22,13 @@ from search.trainable import FINISHED
 
 
 def free_trial(folder: Path, keep_best: bool) -> None:
-    """Leave the ended-trial marker (a resume must not run it again) and, maybe, best.pt."""
+    """Leave the ended-trial marker (a resume must not run it again), the history (a resume
+    replays its end to Tune) and, maybe, best.pt."""
     if not folder.is_dir():
         return
     (folder / FINISHED).write_text("")
     for path in folder.iterdir():
-        if path.name == FINISHED or (keep_best and path.name == "best.pt"):
+        if path.name in (FINISHED, "history.csv") or (keep_best and path.name == "best.pt"):
             continue
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

@@ -163,6 +163,38 @@ def fetch_best(checkpoint, scratch_root: str | None, dest: Path) -> None:
     raise HandReIDError(f"no best checkpoint for {manifest['trial']} under {out}")
 
 
+def reported_epoch(checkpoint) -> int:
+    """The epoch of Tune's last checkpoint of a trial (0 without one)."""
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as folder:
+        return int(json.loads((Path(folder) / MANIFEST).read_text())["epoch"])
+
+
+def _number(text: str) -> Any:
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return int(value) if value.is_integer() and "." not in text else value
+
+
+def history_after(out: Path, epoch: int, space: SearchSpace) -> list[dict[str, Any]]:
+    """The rows of a trial's history.csv after ``epoch``, as its reports said them (with
+    the best-so-far objective): what a driver that died before recording them never saw."""
+    best = BestSoFar(space.tune.mode)
+    rows: list[dict[str, Any]] = []
+    if not (out / "history.csv").is_file():
+        return rows
+    with (out / "history.csv").open() as fh:
+        for raw in csv.DictReader(fh):
+            row = {k: _number(v) for k, v in raw.items() if v != ""}
+            row["objective"] = best.update(row.get(space.tune.metric))
+            if row["epoch"] > epoch:
+                rows.append(row)
+    return rows
+
+
 def run_trial(
     params: dict[str, Any], *, space: SearchSpace, extra: dict[str, Any], scratch_root: str | None
 ) -> None:
@@ -176,8 +208,13 @@ def run_trial(
     cfg = space.trial_config(params, extra)
     ctx = tune.get_context()
     out = state_dir(scratch_root, ctx.get_experiment_name(), ctx.get_trial_id())
-    if restore_into(out, tune.get_checkpoint()):
-        return  # finished before a driver crash; its results are already reported
+    checkpoint = tune.get_checkpoint()
+    if restore_into(out, checkpoint):  # ended before a driver crash: replay its end to Tune
+        extra_cols = {"backbone": cfg.model.backbone}
+        extra_cols["node_id"] = ray.get_runtime_context().get_node_id()
+        for row in history_after(out, reported_epoch(checkpoint), space):
+            tune.report({**row, **extra_cols})
+        return
     best = BestSoFar(space.tune.mode)
     bests: list[int] = []  # the best epoch named by each epoch's checkpoint
     history = out / "history.csv"

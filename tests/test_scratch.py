@@ -113,3 +113,25 @@ def test_a_missing_state_is_one_clear_error(tmp_path):
     epoch_file(out, 4).unlink()  # e.g. deleted by hand, or storage not shared by this node
     with pytest.raises(HandReIDError, match="checkpoint state of epoch 4 is missing"):
         restore_into(out, FakeCheckpoint(folder))
+
+
+def test_an_ended_trial_replays_the_epochs_tune_never_recorded(tmp_path):
+    from types import SimpleNamespace
+
+    from search.trainable import history_after
+
+    out = tmp_path / "trial"
+    out.mkdir()
+    (out / "history.csv").write_text(
+        "epoch,val_mAP,best_epoch,status\n1,20.5,1,running\n2,30.25,2,running\n3,25.0,2,done\n"
+    )
+    space = SimpleNamespace(tune=SimpleNamespace(mode="max", metric="val_mAP"))
+    rows = history_after(out, 1, space)
+    assert [r["epoch"] for r in rows] == [2, 3]
+    assert rows[1] == {
+        "epoch": 3,
+        "val_mAP": 25.0,
+        "best_epoch": 2,
+        "status": "done",
+        "objective": 30.25,
+    }
