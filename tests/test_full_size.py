@@ -1,6 +1,8 @@
 """The full-size path users run: ViT-B-16 and RN50 at 224 px under bf16 autocast, weights from
 a local file in OpenAI's format (written by bench.openai_weights, random but laid out and
-typed like OpenAI's releases), through the ``handreid-train`` CLI on generated hands.
+typed like OpenAI's releases), through the ``handreid-train`` CLI on generated hands, with
+CUDA's autocast dtype rules emulated on the CPU (``tests.test_losses_autocast``): linears
+and matmuls in bf16, acos/exp/norm/softmax/losses in fp32, as on a GPU.
 
 The shipped base configs are loaded as they are; the overrides only shrink the data and the
 schedule (one stage-1 epoch, two stage-2 steps, one test split), point at the local weights
@@ -19,6 +21,7 @@ import yaml
 from bench.openai_weights import write_openai_weights
 from handreid.train.cli import main
 from tests.conftest import REPO
+from tests.test_losses_autocast import cuda_autocast
 
 BASE = {"ViT-B-16": REPO / "spaces/base/vitb16.yml", "RN50": REPO / "spaces/base/rn50.yml"}
 
@@ -77,7 +80,8 @@ def test_full_size_bf16_run_through_the_cli(
     argv = ["--config", str(BASE[backbone]), "--out", str(out)]
     for key, value in sets.items():
         argv += ["--set", f"{key}={value}"]
-    assert main(argv) == 0
+    with cuda_autocast():  # CUDA's autocast dtype rules, emulated on the CPU
+        assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert math.isfinite(metrics["val_mAP"]) and metrics["epochs"] == 1
     model = yaml.safe_load((out / "config.yaml").read_text())["model"]
