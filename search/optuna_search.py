@@ -43,8 +43,20 @@ class HandReIDOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
         return params
 
+    def known(self, trial_id: str) -> bool:
+        """Whether the study holds this Ray trial. A searcher state saved before a trial that
+        the restored trial list holds (a driver killed during Tune's state copy) lacks it:
+        find its study trial by the Ray id it was asked with."""
+        if trial_id in self._ot_trials:
+            return True
+        for frozen in self._ot_study.get_trials(deepcopy=False):
+            if frozen.user_attrs.get("ray_trial_id") == trial_id:
+                self._ot_trials[trial_id] = optuna.Trial(self._ot_study, frozen._trial_id)
+                return True
+        return False
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._completed_trials or not self.known(trial_id):
             return
         value, epoch = result.get(self.metric), int(result.get("epoch", 0))
         steps = self.__dict__.setdefault("_reported_epochs", {}).setdefault(trial_id, set())
@@ -54,8 +66,11 @@ class HandReIDOptunaSearch(OptunaSearch):
             steps.add(epoch)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return super().on_trial_complete(trial_id, result, error)
+        if trial_id in self._completed_trials:
+            return super().on_trial_complete(trial_id, result, error)  # warns, ignores
+        if not self.known(trial_id):
+            log.warning("trial %s is not in the study; its ending is not recorded", trial_id)
+            return
         trial = self._ot_trials[trial_id]
         if result and not error:  # the result that made ASHA stop the trial is not sent above
             self.on_trial_result(trial_id, result)
