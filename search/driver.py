@@ -590,6 +590,7 @@ def finish(space: SearchSpace, opts: SearchOptions, grid) -> pd.DataFrame:
         "test_rank5_std",
         "test_rank10_std",
         "test_mAP_std",
+        "test_error",
     ):
         table[col] = [tests.get(t, {}).get(col.removeprefix("test_")) for t in table["trial_id"]]
     fail_lost_trials(run_dir)  # none left after a resume, unless a tell failed
@@ -627,13 +628,28 @@ def evaluate_top_k(space, opts, table, results, run_dir: Path) -> dict[str, dict
         if trial_id not in jobs:
             continue
         cfg, checkpoint, ref = jobs[trial_id]
-        out[trial_id] = ray.get(ref)
+        out[trial_id] = test_metrics(ref, trial_id)
         if cfg.model.backbone not in best_seen:  # the first pick per backbone is its best
             best_seen.add(cfg.model.backbone)
             folder = run_dir / "best" / cfg.model.backbone
             save_best(folder, cfg, checkpoint, scratch_root(opts), out[trial_id], trial_id)
     drop_scratch(opts, keep=set(picks["trial_id"]))
     return out
+
+
+def test_metrics(ref, trial_id: str) -> dict:
+    """One top-k evaluation's metrics; a failed one is recorded as its error (one line) and
+    the wrap-up goes on with the other trials, trials.csv and the report."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except Exception as err:  # a RayTaskError wraps whatever the task raised
+        cause = getattr(err, "cause", None) or err
+        words = (str(cause).strip().splitlines() or [""])[0]
+        line = f"{type(cause).__name__}: {words}"
+        log.warning("test evaluation of trial %s failed (%s); going on", trial_id, line)
+        return {"error": line}
 
 
 def scratch_keeper(space: SearchSpace, opts: SearchOptions) -> list:
