@@ -23,7 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, help="trials to run (default: the space's)")
     p.add_argument("--data-root", help="11k-layout dataset (default: the base config's)")
     p.add_argument(
-        "--storage", default="runs", help="results folder or pyarrow URI (default runs/)"
+        "--storage",
+        help="results folder or pyarrow URI (default: $HANDREID_STORAGE, else the runs folder: "
+        "$HANDREID_RUNS, else ./runs, or ~/handreid-runs in a Ray job)",
+    )
+    p.add_argument(
+        "--run-dir",
+        help="with a URI --storage: the local folder for trials.csv, study.db, best/ and the "
+        "report (default: <runs folder>/<name>; a resume finds it in the search's search.json)",
     )
     p.add_argument("--name", help="search name (default: the space file's name)")
     p.add_argument("--address", help="join a Ray cluster ('auto' or host:port); default: local")
@@ -120,11 +127,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {line}")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    from search.driver import SearchOptions, SearchStopped, local_run_dir, run_search
+    from search.driver import (
+        SearchOptions,
+        SearchStopped,
+        default_storage,
+        is_uri,
+        local_run_dir,
+        pin_run_dir,
+        run_search,
+    )
 
+    storage = args.storage or default_storage()
     opts = SearchOptions(
         name=args.name or Path(args.space).stem,
-        storage=args.storage,
+        storage=storage if is_uri(storage) else str(Path(storage).expanduser().resolve()),
+        run_dir=args.run_dir,
         address=args.address,
         resume=args.resume,
         num_samples=args.num_samples,
@@ -135,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         verbose=0 if args.quiet else 1,
         retry_failed=args.retry_failed,
     )
+    opts = pin_run_dir(opts)  # absolute from here on; run_search keeps it
     try:
         table = run_search(space, opts)
     except SearchStopped as stop:  # nothing scored or written: the search goes on with this

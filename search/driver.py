@@ -37,6 +37,7 @@ SCRATCH = "scratch"  # trials' state folders, with a storage path (see search.tr
 class SearchOptions:
     name: str
     storage: str  # local folder or a pyarrow filesystem URI
+    run_dir: str | None = None  # with URI storage: the local folder of summaries and study
     address: str | None = None
     resume: bool = False
     num_samples: int | None = None
@@ -65,11 +66,58 @@ def is_uri(storage: str) -> bool:
     return "://" in storage
 
 
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in the driver of a submitted job
+
+
+def default_runs_root() -> Path:
+    """The default folder of run directories (and ``--storage``): ``$HANDREID_RUNS``, else
+    ``runs`` in the working directory (``make demo`` writes ``runs/demo``), except in the
+    driver of a Ray job: ``~/handreid-runs``. A job runs in a copy of the project that Ray
+    unpacks anew for each submission, so a resubmitted ``--resume`` would look elsewhere."""
+    if os.environ.get("HANDREID_RUNS"):
+        return Path(os.environ["HANDREID_RUNS"]).expanduser().resolve()
+    if RAY_JOB_ENV in os.environ:
+        return Path.home() / "handreid-runs"
+    return Path("runs").resolve()
+
+
+def default_storage() -> str:
+    """``--storage`` when not given: ``$HANDREID_STORAGE`` (a folder or a URI), else the
+    default runs folder; a folder is made absolute here, at startup."""
+    storage = os.environ.get("HANDREID_STORAGE") or str(default_runs_root())
+    return storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
+
+
 def local_run_dir(opts: SearchOptions) -> Path:
-    """Where the summary files go: the experiment folder, or runs/<name> for URI storage."""
-    if is_uri(opts.storage):
-        return Path("runs") / opts.name
-    return Path(opts.storage).resolve() / opts.name
+    """Where the summary files and the study go: the experiment folder with a folder as
+    storage; with URI storage ``opts.run_dir``, else ``<default runs root>/<name>``."""
+    if not is_uri(opts.storage):
+        return Path(opts.storage).expanduser().resolve() / opts.name
+    if opts.run_dir:
+        return Path(opts.run_dir).expanduser().resolve()
+    return default_runs_root() / opts.name
+
+
+def pin_run_dir(opts: SearchOptions) -> SearchOptions:
+    """The options with an absolute ``run_dir``, fixed for the whole search. With URI storage
+    a resume without ``--run-dir`` takes the run directory the search recorded in its
+    ``search.json`` on the storage, so the same command finds it again (e.g. where
+    ``$HANDREID_RUNS`` differs). With a folder as storage it is ``<storage>/<name>``."""
+    from dataclasses import replace
+
+    if not is_uri(opts.storage):
+        run_dir = local_run_dir(opts)
+        if opts.run_dir and Path(opts.run_dir).expanduser().resolve() != run_dir:
+            raise HandReIDError(
+                f"--run-dir {opts.run_dir}: with a folder as --storage the run directory is "
+                f"the experiment folder, {run_dir}; --run-dir is for URI storage"
+            )
+        return replace(opts, run_dir=str(run_dir))
+    if not opts.run_dir and opts.resume:
+        recorded = stored_search_meta(experiment_path(opts)).get("run_dir")
+        if recorded:
+            return replace(opts, run_dir=recorded)
+    return replace(opts, run_dir=str(local_run_dir(opts)))
 
 
 def init_ray(address: str | None, num_gpus: float | None = None) -> None:
@@ -92,11 +140,11 @@ def init_ray(address: str | None, num_gpus: float | None = None) -> None:
 
 def build_tuner(space: SearchSpace, opts: SearchOptions):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
 
     from search.optuna_search import HandReIDOptunaSearch
     from search.progress import TrialSummary
+    from search.scheduler import ResumableASHA
 
     t = space.tune
     run_dir = local_run_dir(opts)
@@ -111,7 +159,7 @@ def build_tuner(space: SearchSpace, opts: SearchOptions):
         study_name=f"handreid-{opts.name}",
         storage=study_storage(run_dir),
     )
-    scheduler = ASHAScheduler(
+    scheduler = ResumableASHA(  # ASHA that rebuilds its rungs on resume
         time_attr="epoch",
         max_t=space.max_epochs,
         grace_period=t.grace_period,
@@ -214,6 +262,55 @@ def study_storage(run_dir: Path):
     return optuna.storages.RDBStorage(f"sqlite:///{(run_dir / STUDY_FILE).resolve()}")
 
 
+def study_name(opts: SearchOptions) -> str:
+    return f"handreid-{opts.name}"
+
+
+def use_study_file(opts: SearchOptions) -> None:
+    """Bind the search's study to ``<run dir>/study.db`` in this process (a restored searcher
+    opens it, whatever path it was pickled with); with URI storage Tune also uploads a copy
+    of it with each save of its experiment state (see search.optuna_search)."""
+    from search import optuna_search
+
+    path = local_run_dir(opts) / STUDY_FILE
+    optuna_search.use_study_file(study_name(opts), path, snapshot=is_uri(opts.storage))
+
+
+def stored_search_meta(path: str) -> dict[str, Any]:
+    """The search.json kept in the experiment folder on URI storage, or {} if none."""
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(path)
+    if fs.get_file_info(f"{root}/search.json").type != pyarrow.fs.FileType.File:
+        return {}
+    with fs.open_input_stream(f"{root}/search.json") as f:
+        return json.loads(f.readall())
+
+
+def fetch_run_files(opts: SearchOptions, path: str) -> None:
+    """On a resume with URI storage, fill a run directory that lacks them (a new head, or the
+    folder deleted) with ``search.json`` and the study copy from the experiment folder on
+    the storage. Done here, before Tune restores, rather than in the searcher's
+    ``restore_from_dir``: ``check_resume`` and ``fail_lost_trials`` read both first, Tune
+    downloads only its .json and .pkl files, and the searcher does not know the storage."""
+    import pyarrow.fs
+
+    from search.optuna_search import SNAPSHOT_FILE
+
+    run_dir = local_run_dir(opts)
+    fs, root = pyarrow.fs.FileSystem.from_uri(path)
+    for remote, local in (("search.json", "search.json"), (SNAPSHOT_FILE, STUDY_FILE)):
+        target = run_dir / local
+        if target.exists() or fs.get_file_info(f"{root}/{remote}").type != pyarrow.fs.FileType.File:
+            continue
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{local}.tmp")
+        with fs.open_input_stream(f"{root}/{remote}") as src:
+            tmp.write_bytes(src.readall())
+        tmp.replace(target)
+        log.warning("%s was not in %s: taken from the storage (%s)", local, run_dir, path)
+
+
 def experiment_path(opts: SearchOptions) -> str:
     """Tune's experiment folder: the same as the run directory unless storage is a URI."""
     if is_uri(opts.storage):
@@ -226,14 +323,18 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> pd.DataFrame:
     Raises ``SearchStopped`` when a signal ended it early (nothing is written then)."""
     from ray import tune
 
-    if opts.resume:
-        check_resume(space, opts)
+    opts = pin_run_dir(opts)
     path = experiment_path(opts)
+    if opts.resume:
+        if is_uri(opts.storage):
+            fetch_run_files(opts, path)
+        check_resume(space, opts)
     exists = tune.Tuner.can_restore(path)
     if opts.resume and not exists:
         raise HandReIDError(f"nothing to resume at {path}")
     if not opts.resume and exists:
         raise HandReIDError(f"a search already exists at {path}: pass --resume or a new --name")
+    use_study_file(opts)
     init_ray(opts.address, num_gpus=None)
     check_resources(space, opts)
     run_dir = local_run_dir(opts)
@@ -472,6 +573,8 @@ def search_meta(space: SearchSpace, opts: SearchOptions) -> dict[str, Any]:
     return {
         "name": opts.name,
         "space": space.source,
+        "storage": opts.storage,
+        "run_dir": str(local_run_dir(opts)),
         "metric": t.metric,
         "mode": t.mode,
         "num_samples": opts.num_samples or t.num_samples,
@@ -503,6 +606,13 @@ def write_search_meta(space: SearchSpace, opts: SearchOptions) -> None:
     tmp = run_dir / "search.json.tmp"
     tmp.write_text(json.dumps(search_meta(space, opts), indent=2, default=str))
     tmp.replace(run_dir / "search.json")
+    if is_uri(opts.storage):  # for a resume on another head (see pin_run_dir, fetch_run_files)
+        import pyarrow.fs
+
+        fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path(opts))
+        fs.create_dir(root, recursive=True)
+        with fs.open_output_stream(f"{root}/search.json") as f:
+            f.write((run_dir / "search.json").read_bytes())
 
 
 def read_search_meta(run_dir: Path) -> dict[str, Any]:

@@ -5,12 +5,22 @@ Optuna would record it as COMPLETE with its early value, which misleads TPE and 
 importance analysis. Here such a trial is told as PRUNED (keeping its intermediate
 values, reported per epoch); a trial whose training diverged or ran out of memory is
 told as FAIL with the reason as a user attribute.
+
+The study is an SQLite file in the run directory on the driver's disk. The searcher's pickles
+(Tune's ``tuner.pkl`` and ``searcher-state-*.pkl``) carry no path to it: unpickled, a searcher
+opens the file this process registered for its study name (``use_study_file``). With URI
+storage the searcher also saves a copy of the study next to its state, which Tune uploads to
+the storage with the rest of its experiment state, so a new head can take it from there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import pickle
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -19,6 +29,31 @@ from ray.tune.search.optuna import OptunaSearch
 log = logging.getLogger(__name__)
 
 FAILED_STATUSES = ("diverged", "oom")
+SNAPSHOT_FILE = "study.db"  # the study's copy in Tune's experiment folder (URI storage only)
+
+# study name -> (this process's SQLite file of the study, whether to snapshot it); see
+# ``use_study_file``
+_study_files: dict[str, tuple[Path, bool]] = {}
+
+
+def use_study_file(study_name: str, path: Path, *, snapshot: bool) -> None:
+    """Keep the study ``study_name`` in the SQLite file ``path`` in this process. Tune restores
+    a searcher by unpickling it, and the path it was pickled with may be another head's disk,
+    or a folder Ray unpacked for an earlier job: a restored searcher binds to this file instead.
+    ``snapshot``: also copy the study into Tune's staging folder at each save of the search
+    state (``SNAPSHOT_FILE``), for URI storage. With a folder as storage the run directory is
+    the experiment folder and ``path`` is already there: no second study file is written."""
+    _study_files[study_name] = (Path(path).resolve(), snapshot)
+
+
+def copy_study(src: Path, dst: Path) -> None:
+    """A consistent copy of a live SQLite study (sqlite3's online backup), swapped in whole."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    with contextlib.closing(sqlite3.connect(f"{src.as_uri()}?mode=ro", uri=True)) as source:
+        with contextlib.closing(sqlite3.connect(tmp)) as target:
+            source.backup(target)
+    os.replace(tmp, dst)
 
 
 def ending(result: dict[str, Any] | None, error: bool) -> tuple[str, str | None]:
@@ -54,6 +89,73 @@ class HandReIDOptunaSearch(OptunaSearch):
                 self._ot_trials[trial_id] = optuna.Trial(self._ot_study, frozen._trial_id)
                 return True
         return False
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The searcher without its study's storage: each Optuna trial by its id in the study,
+        the study by its file's URL (used only when this process registered no file)."""
+        state = self.__dict__.copy()
+        if self._storage is None or self._ot_study is None:  # in memory, or not set up yet
+            return state
+        state["_study_url"] = self._storage.url
+        state["_storage"] = state["_ot_study"] = None
+        state["_ot_trials"] = {k: t._trial_id for k, t in self._ot_trials.items()}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.bind_study()
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__getstate__(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+        self.bind_study()
+
+    def bind_study(self) -> None:
+        """Open the study's storage after unpickling: the file registered for the study name
+        (``use_study_file``), else the one it was pickled with. Optuna trials the file does
+        not hold (a study copy older than the searcher state) are dropped with a warning;
+        ``known`` finds them again should they appear."""
+        url = self.__dict__.get("_study_url")
+        if url is None and self._ot_study is not None:  # state pickled before this method
+            url = self._ot_study._storage.url
+        if url is None:  # in memory, or not set up: nothing on disk to bind
+            return
+        registered = _study_files.get(self._study_name)
+        if registered:
+            url = f"sqlite:///{registered[0]}"
+        storage = optuna.storages.RDBStorage(url)
+        study = optuna.create_study(
+            storage=storage,
+            sampler=self._sampler,
+            pruner=optuna.pruners.NopPruner(),
+            study_name=self._study_name,
+            load_if_exists=True,
+            direction="minimize" if self._mode == "min" else "maximize",
+        )
+        ids = {t._trial_id for t in storage.get_all_trials(study._study_id, deepcopy=False)}
+        trials = {}
+        for ray_id, trial in self._ot_trials.items():
+            number = trial if isinstance(trial, int) else trial._trial_id
+            if number in ids:
+                trials[ray_id] = optuna.Trial(study, number)
+            else:
+                log.warning("trial %s is not in the study %s; dropped", ray_id, url)
+        self._storage, self._ot_study, self._ot_trials = storage, study, trials
+        self.__dict__.pop("_study_url", None)
+
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        """Tune's save of the searcher state into its staging folder, which it then uploads
+        to the storage; with a snapshot registered (URI storage), a copy of the study too."""
+        super().save_to_dir(checkpoint_dir, session_str)
+        registered = _study_files.get(self._study_name)
+        if registered and registered[1] and self._storage is not None:
+            src = Path(self._storage.url.removeprefix("sqlite:///"))
+            if src.is_file():
+                copy_study(src, Path(checkpoint_dir) / SNAPSHOT_FILE)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or not self.known(trial_id):

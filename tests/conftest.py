@@ -203,3 +203,19 @@ def small_space(
     path = tmp_path / "space.yml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+def record_fault(fault: str, **facts) -> None:
+    """Append one injected fault's outcome to test-artifacts/reliability.jsonl, the source
+    of RELIABILITY.md's table."""
+    import json
+
+    out = REPO / "test-artifacts"
+    out.mkdir(exist_ok=True)
+    with open(out / "reliability.jsonl", "a") as fh:
+        fh.write(json.dumps({"fault": fault, **facts}) + "\n")
+
+
+def replayed_epochs(results: dict[str, list[dict]]) -> int:
+    """Result rows beyond one per (trial, epoch): epochs run again after a stop or crash."""
+    return sum(len(rows) - len({r["epoch"] for r in rows}) for rows in results.values())

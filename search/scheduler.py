@@ -1,0 +1,127 @@
+"""ASHA that keeps its rungs across a resumed search.
+
+Ray Tune saves no scheduler state (ray-project/ray#30838): ``Tuner.restore`` unpickles the
+scheduler that ``build_tuner`` made, before the search ran, so Tune's own ASHA resumes with
+empty rungs, no cutoffs, and lets trials that an uninterrupted search would stop run on.
+``ResumableASHA`` fills its rungs again from what the trials reported before it decides
+anything, and so stops exactly where an uninterrupted search would have.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow.fs
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"  # Tune's per-trial log: one JSON object per reported result
+
+
+class ResumableASHA(AsyncHyperBandScheduler):
+    """``ASHAScheduler`` (same arguments) whose rungs survive ``Tuner.restore``.
+
+    Before its first decision the scheduler reads the ``result.json`` of every trial Tune
+    holds (from the trial's storage: a local folder or any pyarrow filesystem, wherever the
+    experiment was restored from) and feeds each recorded result through ASHA's handling
+    of a live result. In a new search there are no results yet and nothing is fed. In a
+    restored one the rungs then hold what an uninterrupted search holds at that point.
+
+    Order: each trial's results in file order (the order Tune appended them), the trials
+    merged by the results' ``timestamp`` (whole seconds, from the node the trial ran on),
+    ties broken by trial id. The rungs do not depend on it: a rung records each trial's
+    first result at or past its milestone, whatever the other trials did in between. The
+    decisions ASHA made do, and seconds cannot order them, so they are not replayed but
+    read back: Tune marks the result that a scheduler stopped a trial at ``done``.
+
+    A trial stopped before the interruption that Tune runs again (its stop never reached
+    Tune's saved state) is stopped again at its first result at or past that result's
+    epoch: its own rung record would make ASHA skip that rung and let it go on.
+
+    With several ``brackets`` a restored trial draws its bracket anew; the search uses one.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._rebuilt = False
+        self._stopped_at: dict[str, float] = {}  # trial id -> time_attr Tune stopped it at
+
+    def choose_trial_to_run(self, tune_controller) -> Trial | None:
+        self._rebuild_once(tune_controller)  # before a restored trial starts again
+        return super().choose_trial_to_run(tune_controller)
+
+    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        self._rebuild_once(tune_controller)
+        action = super().on_trial_result(tune_controller, trial, result)
+        stopped, now = self._stopped_at.get(trial.trial_id), result.get(self._time_attr)
+        if action == TrialScheduler.CONTINUE and None not in (stopped, now) and now >= stopped:
+            self._num_stopped += 1
+            return TrialScheduler.STOP
+        return action
+
+    def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
+        self._rebuild_once(tune_controller)
+        super().on_trial_complete(tune_controller, trial, result)
+
+    def _rebuild_once(self, tune_controller) -> None:
+        if self._rebuilt:
+            return
+        self._rebuilt = True  # once per instance: Tune.restore makes a new one
+        trials = [t for t in tune_controller.get_trials() if t.trial_id in self._trial_info]
+        fed = 0
+        for trial, result in recorded_results(trials):
+            super().on_trial_result(tune_controller, trial, result)
+            if result.get("done") and self._time_attr in result:
+                self._stopped_at.setdefault(trial.trial_id, result[self._time_attr])
+            fed += 1
+        if fed:
+            log.info(
+                "ASHA rungs rebuilt from %d recorded results of %d trials (%d stopped): %s",
+                fed,
+                len(trials),
+                len(self._stopped_at),
+                "; ".join(b.debug_str() for b in self._brackets),
+            )
+
+
+def recorded_results(trials: list[Trial]) -> Iterator[tuple[Trial, dict]]:
+    """The trials' recorded results, each trial's in file order, merged by timestamp."""
+
+    def keyed(trial: Trial) -> Iterator[tuple[float, str, Trial, dict]]:
+        for result in read_results(trial):
+            stamp = result.get("timestamp")
+            yield (math.inf if stamp is None else stamp), trial.trial_id, trial, result
+
+    ordered = sorted(trials, key=lambda t: t.trial_id)
+    # merge keeps each trial's own order, even where its timestamps run backwards
+    for _, _, trial, result in heapq.merge(*map(keyed, ordered), key=lambda r: r[:2]):
+        yield trial, result
+
+
+def read_results(trial: Trial) -> list[dict]:
+    """A trial's ``result.json`` rows from its storage; none when the trial has no folder
+    or file yet. A line cut short (a driver killed while writing) is left out."""
+    storage = trial.storage
+    if storage is None or storage.trial_dir_name is None:
+        return []
+    fs, path = storage.storage_filesystem, f"{storage.trial_fs_path}/{RESULT_FILE}"
+    if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+        return []
+    with fs.open_input_stream(path) as f:
+        text = f.readall().decode()
+    rows = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s: skipped an unreadable line of %s", trial.trial_id, path)
+    return rows

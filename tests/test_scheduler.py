@@ -1,0 +1,241 @@
+"""ASHA after a resume prunes the way an uninterrupted search does, shown on a replayed
+schedule: 8 trials of 9 epochs, 3 at a time, each running trial reporting in turn. The
+same schedule runs once through one scheduler and once interrupted, the interrupted part
+written as Tune writes it (``<experiment>/trial_<id>/result.json``) and continued by a
+fresh scheduler unpickled from before the search, as ``Tuner.restore`` makes it. No Ray
+cluster: Tune's ``Trial`` objects and a stand-in for its controller."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray.tune")
+
+from ray.train._internal.storage import StorageContext  # noqa: E402
+from ray.tune.experiment import Trial  # noqa: E402
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler  # noqa: E402
+
+from search.scheduler import ResumableASHA, recorded_results  # noqa: E402
+
+MAX_T, GRACE, RF, SLOTS = 9, 1, 2, 3  # rungs at epochs 1, 2, 4 and 8
+IDS = [
+    "5defe307",
+    "c183db80",
+    "8a226383",
+    "6e6db28c",
+    "aea68495",
+    "7c8dfb4d",
+    "0b6a1e2f",
+    "3e9d4c71",
+]  # as random as Tune's
+STOP, CONTINUE = TrialScheduler.STOP, TrialScheduler.CONTINUE
+
+
+def learning_curve(seed: int) -> list[float]:
+    """Best-so-far validation scores of epochs 1..MAX_T: rising, noisy, crossing others."""
+    rng = np.random.default_rng(seed)
+    level, speed = rng.uniform(0.3, 0.9), rng.uniform(0.15, 1.2)
+    raw = [level * (1 - math.exp(-speed * e)) + rng.normal(0, 0.03) for e in range(1, 10)]
+    return [float(v) for v in np.maximum.accumulate(raw)]
+
+
+CURVES = {tid: learning_curve(220 + i) for i, tid in enumerate(IDS)}  # stops at every rung
+
+
+def asha(cls=ResumableASHA):
+    return cls(time_attr="epoch", max_t=MAX_T, grace_period=GRACE, reduction_factor=RF)
+
+
+class Controller:
+    """What Tune's controller offers a scheduler and these use: the trial list."""
+
+    def __init__(self):
+        self.trials: list[Trial] = []
+
+    def get_trials(self) -> list[Trial]:
+        return self.trials
+
+
+def make_trial(tid: str, storage_path: str) -> Trial:
+    storage = StorageContext(
+        storage_path=storage_path, experiment_dir_name="exp", trial_dir_name=f"trial_{tid}"
+    )
+    return Trial("handreid", trial_id=tid, stub=True, storage=storage)
+
+
+class Search:
+    """The schedule: SLOTS trials run at once and report one epoch each in turn; a trial
+    ends on STOP or at MAX_T, and the next trial starts. Each result is appended to the
+    trial's result.json; ``log`` holds every decision as (trial id, epoch, decision)."""
+
+    def __init__(self, scheduler, root: Path, tick: int = 1):
+        self.root, self.clock, self.tick = root, 0, tick  # seconds between results
+        self.pending, self.running = list(IDS), deque()
+        self.epoch: dict[str, int] = {}
+        self.log: list[tuple[str, int, str]] = []
+        self.attach(scheduler, Controller())
+        self.start_trials()
+
+    def attach(self, scheduler, controller: Controller) -> None:
+        self.scheduler, self.controller = scheduler, controller
+        scheduler.set_search_properties(metric="objective", mode="max")
+
+    def start_trials(self) -> None:
+        while len(self.running) < SLOTS and self.pending:
+            trial = make_trial(self.pending.pop(0), str(self.root))
+            self.controller.trials.append(trial)
+            self.scheduler.on_trial_add(self.controller, trial)
+            self.epoch[trial.trial_id] = 1
+            self.running.append(trial)
+
+    def result(self, tid: str, epoch: int) -> dict:
+        self.clock += self.tick  # Tune's timestamps are whole seconds
+        return {
+            "epoch": epoch,
+            "objective": CURVES[tid][epoch - 1],
+            "trial_id": tid,
+            "status": "running",
+            "timestamp": self.clock,
+            "training_iteration": epoch,
+        }
+
+    def step(self) -> None:
+        self.scheduler.choose_trial_to_run(self.controller)
+        trial = self.running.popleft()
+        tid, epoch = trial.trial_id, self.epoch[trial.trial_id]
+        result = self.result(tid, epoch)
+        decision = self.scheduler.on_trial_result(self.controller, trial, result)
+        folder = self.root / "exp" / f"trial_{tid}"
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / "result.json").open("a") as f:  # as Tune logs it: after the decision
+            f.write(json.dumps({**result, "done": decision == STOP}) + "\n")
+        self.log.append((tid, epoch, decision))
+        if decision == STOP or epoch == MAX_T:
+            self.scheduler.on_trial_complete(self.controller, trial, result)
+            trial.set_status(Trial.TERMINATED)
+        else:
+            self.epoch[tid] = epoch + 1
+            self.running.append(trial)
+        self.start_trials()
+
+    def run(self, steps: int | None = None) -> Search:
+        while (self.running or self.pending) and steps != 0:
+            self.step()
+            steps = None if steps is None else steps - 1
+        return self
+
+    def restore(self, scheduler, *, rerun: str | None = None) -> None:
+        """What ``Tuner.restore(resume_unfinished=True)`` does: a new scheduler, the trials
+        rebuilt from the saved list (same ids, storage given as a URI) and added again, most
+        recent first; unfinished ones continue from their last epoch's checkpoint. ``rerun``
+        names an ended trial whose end the saved list missed: it is unfinished there."""
+        old = {t.trial_id: t for t in self.controller.trials}
+        controller = Controller()
+        for tid, trial in old.items():
+            new = make_trial(tid, self.root.as_uri())
+            if trial.status == Trial.TERMINATED and tid != rerun:
+                new.set_status(Trial.TERMINATED)
+            controller.trials.append(new)
+        self.attach(scheduler, controller)
+        for trial in reversed(controller.trials):
+            scheduler.on_trial_add(controller, trial)
+        fresh = {t.trial_id: t for t in controller.trials}
+        self.running = deque(fresh[t.trial_id] for t in self.running)
+
+
+def pristine(cls=ResumableASHA) -> bytes:
+    """The scheduler as tuner.pkl holds it: pickled when the Tuner was made, never run."""
+    return pickle.dumps(asha(cls))
+
+
+def interrupted(tmp_path: Path, at: int, cls=ResumableASHA, tick: int = 1) -> Search:
+    saved = pristine(cls)
+    search = Search(pickle.loads(saved), tmp_path, tick).run(steps=at)
+    search.restore(pickle.loads(saved))
+    return search.run()
+
+
+def stops(log) -> list[tuple[str, int]]:
+    return [(tid, epoch) for tid, epoch, d in log if d == STOP and epoch < MAX_T]
+
+
+def test_the_schedule_prunes(tmp_path):
+    """The replayed schedule is one where ASHA stops trials at several rungs."""
+    log = Search(asha(), tmp_path).run().log
+    assert {epoch for _, epoch in stops(log)} == {1, 2, 4, 8}
+    assert log == Search(asha(ASHAScheduler), tmp_path / "plain").run().log  # no resume: same
+
+
+@pytest.mark.parametrize("tick", [1, 0], ids=["a second apart", "all in one second"])
+def test_after_a_resume_asha_prunes_as_an_uninterrupted_search(tmp_path, tick):
+    full = Search(asha(), tmp_path / "full").run().log
+    for at in range(1, len(full), 3):
+        log = interrupted(tmp_path / f"at{at}", at, tick=tick).log
+        assert log == full, f"interrupted after {at} results"
+
+
+def test_plain_asha_forgets_its_rungs_on_resume(tmp_path):
+    """Tune's own ASHA, restored the same way, decides otherwise after the resume and lets
+    a trial through that it would stop: what the test above guards against."""
+    full = Search(asha(), tmp_path / "full").run().log
+    at = len(full) // 3
+    log = interrupted(tmp_path / "plain", at, ASHAScheduler).log
+    assert log[:at] == full[:at]
+    assert log != full
+    assert set(stops(full[at:])) - set(stops(log[at:]))  # a trial it should stop runs on
+
+
+@pytest.mark.parametrize("tick", [1, 0], ids=["a second apart", "all in one second"])
+def test_a_stopped_trial_run_again_is_stopped_again_at_its_rung(tmp_path, tick):
+    """A trial stopped just before the interruption, whose stop Tune's saved state missed,
+    runs again: from scratch it reports its epochs again and is stopped at the same rung;
+    from its last checkpoint it is stopped at its first result."""
+    full = Search(asha(), tmp_path / "full").run().log
+    at, (tid, rung) = next(
+        (i + 1, (t, e)) for i, (t, e, d) in enumerate(full) if d == STOP and 1 < e < MAX_T
+    )
+    before = [d for t, _, d in full if t == tid]
+    for start, name in ((1, "scratch"), (rung + 1, "checkpoint")):
+        search = Search(pickle.loads(pristine()), tmp_path / name, tick).run(steps=at)
+        search.restore(pickle.loads(pristine()), rerun=tid)
+        trial = next(t for t in search.controller.trials if t.trial_id == tid)
+        assert trial.status == Trial.PENDING
+        search.scheduler.choose_trial_to_run(search.controller)
+        again = []
+        for epoch in range(start, MAX_T + 1):
+            again.append(
+                search.scheduler.on_trial_result(
+                    search.controller, trial, search.result(tid, epoch)
+                )
+            )
+            if again[-1] == STOP:
+                break
+        if name == "scratch":
+            assert again == before  # CONTINUE up to the rung, STOP there
+        else:
+            assert again == [STOP]
+
+
+def test_recorded_results_merge_trials_by_timestamp_keeping_file_order(tmp_path):
+    rows = {
+        "b": [(1, 10), (2, 12), (3, 11)],  # a trial moved to a node whose clock is behind
+        "a": [(1, 10), (2, 11)],
+    }
+    trials = []
+    for tid, results in rows.items():
+        trial = make_trial(tid, str(tmp_path))
+        folder = Path(trial.path)
+        folder.mkdir(parents=True)
+        lines = [json.dumps({"epoch": e, "timestamp": s, "trial_id": tid}) for e, s in results]
+        (folder / "result.json").write_text("\n".join(lines) + '\n{"epoch": 4, "time')  # cut
+        trials.append(trial)
+    trials.append(make_trial("c", str(tmp_path)))  # no result.json yet
+    order = [(t.trial_id, r["epoch"]) for t, r in recorded_results(trials)]
+    assert order == [("a", 1), ("b", 1), ("a", 2), ("b", 2), ("b", 3)]
