@@ -367,7 +367,7 @@ def restore_tuner(space: SearchSpace, opts: SearchOptions, path: str):
     trials = saved_trials(path)
     continued = {t.trial_id for t in trials if t.status not in ENDED or t.status in rerun}
     align_search_state(path, trials)
-    fail_lost_trials(local_run_dir(opts), keep=continued)
+    fail_lost_trials(local_run_dir(opts), keep=continued, requeue=True)
     return tune.Tuner.restore(
         path,
         trainable=make_trainable(space, opts, local_run_dir(opts)),
@@ -807,16 +807,22 @@ def save_best(folder: Path, cfg, checkpoint, scratch, test: dict, trial_id: str)
     )
 
 
-def fail_lost_trials(run_dir: Path, keep: set[str] = frozenset()) -> int:
+def fail_lost_trials(run_dir: Path, keep: set[str] = frozenset(), requeue: bool = False) -> int:
     """Study trials left RUNNING by a killed driver are marked FAIL ("driver lost"), so TPE's
     constant liar stops counting them as running. On resume this runs before Tune starts;
     ``keep`` names the Tune trials the restored search continues: the restored searcher maps
-    each to its study trial (by the pickled Optuna trial), and its results land there."""
+    each to its study trial (by the pickled Optuna trial), and its results land there.
+
+    ``requeue`` (on resume): a lost trial that was a start point (Ray's OptunaSearch enqueues
+    them in the study, and Optuna's ask marks the trial with its ``fixed_params``) is queued
+    again, so the resumed search runs it; otherwise a start point asked just before the crash
+    would never run."""
     import optuna
 
     storage = study_storage(run_dir)
     lost = 0
     for summary in optuna.get_all_study_summaries(storage):
+        requeued = []
         for trial in storage.get_all_trials(summary._study_id):
             if trial.state != optuna.trial.TrialState.RUNNING:
                 continue
@@ -825,6 +831,13 @@ def fail_lost_trials(run_dir: Path, keep: set[str] = frozenset()) -> int:
             storage.set_trial_user_attr(trial._trial_id, "fail_reason", "driver lost")
             storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
             lost += 1
+            if requeue and "fixed_params" in trial.system_attrs:
+                requeued.append((trial.number, trial.system_attrs["fixed_params"]))
+        if requeued:
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            for number, params in requeued:
+                study.enqueue_trial(params, user_attrs={"requeued_from": number})
+            log.warning("%d start points of lost trials queued again", len(requeued))
     if lost:
         log.warning("%d study trials of a lost driver, not continued, marked FAIL", lost)
     return lost

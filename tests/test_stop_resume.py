@@ -294,3 +294,23 @@ def test_resume_fails_only_the_study_trials_tune_will_not_continue(tmp_path):
     assert [trials[n].state.name for n in range(4)] == ["RUNNING", "FAIL", "COMPLETE", "FAIL"]
     assert trials[1].user_attrs["fail_reason"] == "driver lost"
     assert trials[no_id.number].user_attrs["fail_reason"] == "driver lost"
+
+
+def test_a_lost_start_point_is_queued_again_on_resume(tmp_path):
+    """A start point asked just before the driver died (its Tune trial never saved) runs in
+    the resumed search: failed as lost, then enqueued again ahead of TPE's own suggestions."""
+    from search.driver import fail_lost_trials, study_storage
+
+    study = optuna.create_study(study_name="handreid-q", storage=study_storage(tmp_path))
+    study.enqueue_trial({"x": 0.25})
+    study.enqueue_trial({"x": 0.75})
+    for ray_id in ("continued", "lost"):
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        trial.set_user_attr("ray_trial_id", ray_id)
+    sampled = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # not a start point
+    sampled.set_user_attr("ray_trial_id", "sampled")
+    assert fail_lost_trials(tmp_path, keep={"continued"}, requeue=True) == 2
+    again = load_study(tmp_path, "q").ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    assert again.params == {"x": 0.75} and again.user_attrs["requeued_from"] == 1
+    states = [t.state.name for t in load_study(tmp_path, "q").trials]
+    assert states == ["RUNNING", "FAIL", "FAIL", "RUNNING"]  # nothing else was queued
