@@ -138,3 +138,10 @@ def test_validation_rejects_a_broken_config():
     config["available_node_types"]["gpu_worker"]["min_workers"] = "many"
     with pytest.raises(jsonschema.ValidationError, match="many"):
         validate_config(prepare_config(copy.deepcopy(config)))
+
+
+def test_no_command_is_a_subshell(prepared):
+    """`ray up` runs each command as `(command)` over SSH: a command that is itself
+    `( ... )` becomes `(( ... ))`, bash arithmetic, and the node's setup fails (seen with
+    the real `ray up`, bench/ray_up_local.sh)."""
+    assert not [c for c in every_command(prepared) if c.lstrip().startswith("(")]
