@@ -1,14 +1,18 @@
 """Optuna studies rebuilt from the trials, and parameter importance per backbone.
 
 The studies reuse ``optuna.importance`` (fANOVA and PED-ANOVA) and
-``optuna.visualization`` instead of re-implementing them. Only COMPLETE trials inform
-the importances: a trial pruned by ASHA carries an early value, not a final one.
+``optuna.visualization`` instead of re-implementing them. Two kinds of importance:
+
+- over COMPLETE trials, by their best value: a pruned trial carries an early value only;
+- at each ASHA rung, over every trial that reached it (pruned ones included), by its
+  value at that epoch: the values ASHA compared, from many more trials.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import Any
 
 import optuna
@@ -30,6 +34,8 @@ EVALUATORS = {
     "PED-ANOVA": lambda seed: optuna.importance.PedAnovaImportanceEvaluator(),
 }
 MIN_TRIALS = 3
+MIN_RUNG_TRIALS = 4
+COLUMNS = ["backbone", "evaluator", "parameter", "importance", "n_trials"]
 
 
 def distribution(spec: dict[str, Any] | None, values: list[Any]):
@@ -61,82 +67,130 @@ def rebuild_study(
     range); otherwise by the Optuna names of the search, which stay distinct across branches.
     """
     trials = data.trials if backbone is None else data.trials[data.trials["backbone"] == backbone]
-    study = optuna.create_study(direction="maximize" if data.mode == "max" else "minimize")
+    study = _new_study(data)
     curves = data.curves.groupby("trial_id")
     for row in trials.itertuples():
         if row.status not in STATES:
             continue
-        params, dists = {}, {}
-        for name, value in row.optuna_params.items():
-            key = config_key(name) if by_key else name
-            if by_key and key == "model.backbone":
-                continue
-            observed = [p[name] for p in trials["optuna_params"] if name in p]
-            params[key] = value
-            dists[key] = distribution(data.distributions.get(name), observed)
         value = getattr(row, data.best_column)
         intermediate = {}
         if row.trial_id in curves.groups:
             curve = curves.get_group(row.trial_id)
             intermediate = {
-                int(e): float(v)
-                for e, v in zip(curve["epoch"], curve[data.metric])
-                if isinstance(v, float) and math.isfinite(v)
+                int(e): float(v) for e, v in zip(curve["epoch"], curve[data.metric]) if _finite(v)
             }
         state = STATES[row.status]
-        ok = (
-            state == optuna.trial.TrialState.COMPLETE
-            and isinstance(value, float)
-            and math.isfinite(value)
-        )
+        ok = state == optuna.trial.TrialState.COMPLETE and _finite(value)
         if state == optuna.trial.TrialState.COMPLETE and not ok:
             state = optuna.trial.TrialState.FAIL
         study.add_trial(
-            optuna.trial.create_trial(
-                state=state,
-                value=value if ok else None,
-                params=params,
-                distributions=dists,
-                intermediate_values=intermediate,
-                user_attrs={"trial_id": row.trial_id, "backbone": row.backbone},
-            )
+            _frozen(data, trials, row, by_key, state, value if ok else None, intermediate)
         )
     return study
 
 
+def rung_study(data: RunData, backbone: str, epoch: int) -> optuna.Study:
+    """An in-memory study of every trial of ``backbone`` with a value at ``epoch``, whatever
+    its final state, as a COMPLETE trial valued at that epoch; parameters by config key."""
+    trials = data.trials[data.trials["backbone"] == backbone]
+    at = value_at(data, epoch)
+    study = _new_study(data)
+    for row in trials.itertuples():
+        if row.trial_id in at:
+            study.add_trial(
+                _frozen(
+                    data, trials, row, True, optuna.trial.TrialState.COMPLETE, at[row.trial_id], {}
+                )
+            )
+    return study
+
+
+def value_at(data: RunData, epoch: int) -> dict[str, float]:
+    """Trial id -> the metric at ``epoch`` (the first epoch at or past it, as ASHA records)."""
+    curves = data.curves[(data.curves["epoch"] >= epoch) & data.curves[data.metric].map(_finite)]
+    first = curves.sort_values("epoch", kind="stable").groupby("trial_id", sort=False).head(1)
+    return {t: float(v) for t, v in zip(first["trial_id"], first[data.metric])}
+
+
+def _new_study(data: RunData) -> optuna.Study:
+    return optuna.create_study(direction="maximize" if data.mode == "max" else "minimize")
+
+
+def _frozen(data, trials, row, by_key, state, value, intermediate):
+    params, dists = {}, {}
+    for name, param in row.optuna_params.items():
+        key = config_key(name) if by_key else name
+        if by_key and key == "model.backbone":
+            continue
+        observed = [p[name] for p in trials["optuna_params"] if name in p]
+        params[key] = param
+        dists[key] = distribution(data.distributions.get(name), observed)
+    return optuna.trial.create_trial(
+        state=state,
+        value=value,
+        params=params,
+        distributions=dists,
+        intermediate_values=intermediate,
+        user_attrs={"trial_id": row.trial_id, "backbone": row.backbone, "status": row.status},
+    )
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def importance_table(data: RunData, seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
-    """Importance of each searched parameter per backbone and evaluator, and notes on gaps."""
+    """Importance of each searched parameter per backbone and evaluator over COMPLETE
+    trials, and notes on gaps."""
     rows, notes = [], []
     for backbone in sorted(data.trials["backbone"].unique()):
         study = rebuild_study(data, backbone=backbone)
-        complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
-        varied = [
-            k
-            for k in {k for t in complete for k in t.params}
-            if len({repr(t.params.get(k)) for t in complete}) > 1
-        ]
-        if len(complete) < MIN_TRIALS or not varied:
-            notes.append(
-                f"{backbone}: {len(complete)} complete trials, too few for importance "
-                f"(needs {MIN_TRIALS} with varied parameters)"
-            )
-            continue
-        for name, make in EVALUATORS.items():
-            try:
+        found, note = _importances(study, seed, MIN_TRIALS, backbone, "complete")
+        rows += [{"backbone": backbone, **r} for r in found]
+        notes += [note] if note else []
+    return pd.DataFrame(rows, columns=COLUMNS), notes
+
+
+def rung_importance_table(data: RunData, seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
+    """Importance at each ASHA rung, per backbone, over every trial that reached the rung
+    (its value at that epoch), and notes on rungs skipped."""
+    rows, notes = [], []
+    for epoch in data.rungs:
+        for backbone in sorted(data.trials["backbone"].unique()):
+            study = rung_study(data, backbone, epoch)
+            where = f"{backbone} at epoch {epoch}"
+            found, note = _importances(study, seed, MIN_RUNG_TRIALS, where, "reached it")
+            rows += [{"rung": epoch, "backbone": backbone, **r} for r in found]
+            notes += [note] if note else []
+    return pd.DataFrame(rows, columns=["rung", *COLUMNS]), notes
+
+
+def _importances(
+    study: optuna.Study, seed: int, minimum: int, where: str, counted: str
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Rows of (evaluator, parameter, importance, n_trials), or a note saying why none."""
+    complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+    varied = [
+        k
+        for k in {k for t in complete for k in t.params}
+        if len({repr(t.params.get(k)) for t in complete}) > 1
+    ]
+    if len(complete) < minimum or not varied:
+        return [], (
+            f"{where}: too few trials for importance ({len(complete)} {counted}; "
+            f"needs {minimum} with varied parameters)"
+        )
+    rows, problems = [], []
+    for name, make in EVALUATORS.items():
+        try:
+            with warnings.catch_warnings():  # PED-ANOVA warns about regimes with few trials
+                warnings.simplefilter("ignore", UserWarning)
                 scores = optuna.importance.get_param_importances(study, evaluator=make(seed))
-            except (ValueError, RuntimeError) as err:
-                notes.append(f"{backbone} {name}: not computed ({err})")
-                continue
-            rows += [
-                {
-                    "backbone": backbone,
-                    "evaluator": name,
-                    "parameter": p,
-                    "importance": float(v),
-                    "n_trials": len(complete),
-                }
-                for p, v in scores.items()
-            ]
-    return pd.DataFrame(
-        rows, columns=["backbone", "evaluator", "parameter", "importance", "n_trials"]
-    ), notes
+        except (ValueError, RuntimeError) as err:
+            problems.append(f"{where} {name}: not computed ({err})")
+            continue
+        rows += [
+            {"evaluator": name, "parameter": p, "importance": float(v), "n_trials": len(complete)}
+            for p, v in scores.items()
+        ]
+    return rows, "; ".join(problems) or None

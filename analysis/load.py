@@ -33,9 +33,11 @@ class RunData:
     mode: str
     params: list[str]  # dotted config keys that were searched
     distributions: dict[str, dict[str, Any]]  # Optuna parameter name -> spec
-    trials: pd.DataFrame  # one row per trial
+    trials: pd.DataFrame  # one row per trial, in start order
     curves: pd.DataFrame  # one row per trial and epoch
     finished: bool = False
+    rungs: list[int] = field(default_factory=list)  # ASHA milestones (epochs)
+    rungs_from: str = ""  # where the rungs were read from, in words
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -72,8 +74,30 @@ def _study_states(run_dir: Path) -> dict[str, dict[str, Any]]:
     for name in optuna.get_all_study_names(storage):
         for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False):
             if "ray_trial_id" in t.user_attrs:
-                out[t.user_attrs["ray_trial_id"]] = {"state": t.state.name, **t.user_attrs}
+                started = t.datetime_start.timestamp() if t.datetime_start else math.nan
+                out[t.user_attrs["ray_trial_id"]] = {
+                    "state": t.state.name,
+                    "started": started,
+                    **t.user_attrs,
+                }
     return out
+
+
+def asha_rungs(meta: dict[str, Any], pruned_at: list[int]) -> tuple[list[int], str]:
+    """ASHA's milestones as Ray computes them (``grace_period * reduction_factor**k``) from
+    the settings search.json records, else the epochs at which trials were pruned."""
+    tune = meta.get("tune") or {}
+    grace, factor = tune.get("grace_period"), tune.get("reduction_factor")
+    max_t = meta.get("max_epochs") or tune.get("max_epochs")
+    if all(isinstance(v, int) for v in (grace, factor, max_t)) and max_t >= grace >= 1:
+        count = int(math.log(max_t / grace) / math.log(factor) + 1) if factor >= 2 else 0
+        if count:
+            return [grace * factor**k for k in range(count)], (
+                f"ASHA grace period {grace}, reduction factor {factor}, "
+                f"max {max_t} epochs (search.json)"
+            )
+    rungs = sorted({int(e) for e in pruned_at if e})
+    return rungs, "the epochs at which trials were pruned" if rungs else "no rungs found"
 
 
 def _status(rows: list[dict], study: dict[str, Any] | None, final: dict | None):
@@ -135,6 +159,10 @@ def load_run(run_dir: str | Path) -> RunData:
         values = [r.get(metric) for r in results if _finite(r.get(metric))]
         best = (max if meta["mode"] == "max" else min)(values) if values else math.nan
         best_epoch = next((r["epoch"] for r in results if r.get(metric) == best), None)
+        first = results[0].get("timestamp") if results else None
+        started = (study.get(trial_id) or {}).get("started", math.nan)
+        if not _finite(started) and _finite(first):
+            started = first - (results[0].get("time_this_iter_s") or 0.0)
         row = {
             "run": meta.get("name", run_dir.name),
             "trial_id": trial_id,
@@ -147,6 +175,7 @@ def load_run(run_dir: str | Path) -> RunData:
             "best_epoch": best_epoch,
             "compute_seconds": sum(r.get("epoch_seconds", 0.0) for r in results),
             "optuna_params": params,
+            "started": started if _finite(started) else math.nan,
         }
         row.update(_test_metrics(final.get(trial_id)))
         rows.append(row)
@@ -161,18 +190,28 @@ def load_run(run_dir: str | Path) -> RunData:
             }
             for r in results
         ]
+    rungs, rungs_from = asha_rungs(meta, [r["epochs"] for r in rows if r["status"] == "pruned"])
     return RunData(
         runs=[row["run"] for row in rows[:1]],
         metric=metric,
         mode=meta["mode"],
         params=list(meta.get("params", [])),
         distributions=dict(meta.get("distributions", {})),
-        trials=pd.DataFrame(rows),
+        trials=in_start_order(pd.DataFrame(rows)),
         curves=pd.DataFrame(
             curves, columns=["run", "trial_id", "backbone", "epoch", metric, "epoch_seconds"]
         ),
         finished=bool(final),
+        rungs=rungs,
+        rungs_from=rungs_from,
     )
+
+
+def in_start_order(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials by start time (the study's, else the first result's), then by trial id."""
+    return trials.sort_values(
+        ["started", "trial_id"], na_position="last", kind="stable"
+    ).reset_index(drop=True)
 
 
 def _one_per_epoch(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -210,9 +249,13 @@ def load_runs(run_dirs: list[str | Path]) -> RunData:
         mode=parts[0].mode,
         params=list(dict.fromkeys(k for p in parts for k in p.params)),
         distributions={k: v for p in parts for k, v in p.distributions.items()},
-        trials=pd.concat([p.trials for p in parts], ignore_index=True),
+        trials=in_start_order(pd.concat([p.trials for p in parts], ignore_index=True)),
         curves=pd.concat([p.curves for p in parts], ignore_index=True),
         finished=all(p.finished for p in parts),
+        rungs=sorted({r for p in parts for r in p.rungs}),
+        rungs_from=parts[0].rungs_from
+        if len(parts) == 1
+        else "; ".join(f"{p.runs[0]}: {p.rungs_from}" for p in parts),
     )
     if (merged.trials["status"] == "failed").all():
         reasons = merged.trials["status_detail"].value_counts().index[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from analysis.load import TEST_COLUMNS, RunData
@@ -83,22 +84,26 @@ def side_by_side(data: RunData) -> pd.DataFrame:
     params = [p for p in data.params if p != "model.backbone"]
     rows = []
     for key in [*params, data.best_column, "epochs", "compute_seconds", "test_rank1", "test_mAP"]:
+        # compute_seconds: the training time of that one trial
         values = {
             b: best.loc[i, key] if key in best else math.nan for i, b in enumerate(best["backbone"])
         }
-        shown = [v for v in values.values() if not _missing(v)]
+        shown = {"unset" if _missing(v) else repr(v) for v in values.values()}
         rows.append(
             {
                 "parameter": key,
                 **values,
-                "differs": len({repr(v) for v in shown}) > 1 if key in params else None,
+                "differs": len(shown) > 1 if key in params else None,
             }
         )
     return pd.DataFrame(rows)
 
 
 def comparison_table(data: RunData) -> pd.DataFrame:
-    """Our best per backbone (validation-selected, test scored) beside the reference rows."""
+    """Our best per backbone (validation-selected, test scored) beside the reference rows.
+
+    ``compute_seconds`` is the best trial's own training time, as everywhere; the sum over
+    all trials of the backbone is ``total_compute_s``."""
     best = best_per_backbone(data)
     counts = data.trials.groupby("backbone").size()
     compute = data.trials.groupby("backbone")["compute_seconds"].sum()
@@ -106,8 +111,10 @@ def comparison_table(data: RunData) -> pd.DataFrame:
         {
             "system": f"handreid-search best {row.backbone} (trial {row.trial_id})",
             "protocol": "per_aspect",
+            "reference": False,
             "trials": int(counts[row.backbone]),
-            "compute_seconds": float(compute[row.backbone]),
+            "compute_seconds": float(row.compute_seconds),
+            "total_compute_s": float(compute[row.backbone]),
             data.best_column: getattr(row, data.best_column),
             **{
                 f"test_{k}{s}": getattr(row, f"test_{k}{s}")
@@ -120,6 +127,31 @@ def comparison_table(data: RunData) -> pd.DataFrame:
     return pd.DataFrame(ours + [{**r, "reference": True} for r in REFERENCE_ROWS])
 
 
+# ------------------------------------------------------------------ display
+
+UNITS = {"compute_seconds": "s", "total_compute_s": "s"}
+
+
+def unit_label(name: str) -> str:
+    """A column (or side-by-side row) name with its unit: metrics in %, times in s."""
+    base = name.removeprefix("best_").removeprefix("test_").removesuffix("_std")
+    if name in UNITS:
+        return f"{name} ({UNITS[name]})"
+    if name == "best_epoch":
+        return "best_epoch (epoch)"
+    if name != base and (base.startswith(("mAP", "rank", "val_mAP", "val_rank"))):
+        return f"{name} (%)"
+    return name
+
+
+def for_display(df: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as text (yes/no for booleans, "—" for nothing) under headers with units."""
+    out = df.map(_cell).rename(columns=unit_label)
+    if "parameter" in out.columns:  # side by side: the rows are named, not the columns
+        out["parameter"] = out["parameter"].map(unit_label)
+    return out
+
+
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
@@ -129,8 +161,11 @@ def _missing(value) -> bool:
 
 def _cell(value) -> str:
     if _missing(value):
-        return ""
-    if isinstance(value, float):
+        return "—"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
         if value.is_integer() and abs(value) < 1e6:
             return str(int(value))
         return f"{value:.4g}" if abs(value) < 1e-2 else f"{value:.2f}"
@@ -138,6 +173,7 @@ def _cell(value) -> str:
 
 
 def to_markdown(df: pd.DataFrame) -> str:
+    df = for_display(df)
     header = "| " + " | ".join(map(str, df.columns)) + " |"
     rule = "| " + " | ".join("---" for _ in df.columns) + " |"
     body = [
@@ -148,9 +184,8 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 
 def to_html(df: pd.DataFrame, title: str = "") -> str:
-    table = df.to_html(
-        index=False, na_rep="", float_format=lambda v: _cell(v), border=0, classes="ranked"
-    )
+    table = for_display(df).to_html(index=False, border=0, classes="ranked")
+    table = f"<div class='scroll'>{table}</div>"
     return f"<h2>{title}</h2>\n{table}" if title else table
 
 
@@ -169,5 +204,6 @@ def export(df: pd.DataFrame, stem, title: str) -> list:
 TABLE_CSS = (
     "body{font-family:sans-serif;margin:1.5em} table.ranked{border-collapse:collapse;"
     "font-size:12px} .ranked th,.ranked td{padding:3px 8px;border-bottom:1px solid #ddd;"
-    "text-align:right} .ranked th{background:#f4f4f4}"
+    "text-align:right} .ranked th{background:#f4f4f4} .ranked td:first-child{text-align:left}"
+    " .ranked td{white-space:nowrap} .scroll{overflow-x:auto}"
 )

@@ -11,7 +11,12 @@ from pathlib import Path
 import plotly.offline
 
 from analysis import figures
-from analysis.importance import importance_table, rebuild_study
+from analysis.importance import (
+    importance_table,
+    rebuild_study,
+    rung_importance_table,
+    rung_study,
+)
 from analysis.load import RunData, load_runs
 from analysis.rank import (
     TABLE_CSS,
@@ -37,16 +42,84 @@ class ReportResult:
     notes: list[str] = field(default_factory=list)
 
 
-def build_figures(data: RunData, importance) -> dict[str, object]:
-    study = rebuild_study(data, by_key=False)
-    figs = {}
-    if len(importance):
-        figs["importance"] = figures.importance_figure(importance)
-    figs["parallel"] = figures.parallel_figure(study)
-    figs["history"] = figures.history_figure(study)
-    figs["curves"] = figures.learning_curves_figure(data)
-    figs["backbones"] = figures.backbone_figure(data)
+@dataclass
+class Figure:
+    """One report section: a figure with its heading, a one-line caption and notes."""
+
+    title: str
+    fig: object | None
+    caption: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def build_figures(data: RunData, importance, notes, rungs, rung_notes) -> dict[str, Figure]:
+    figs = {
+        "progress": Figure(
+            "Backbones compared",
+            figures.progress_figure(data, figures.backbone_progress(data)),
+            "Each line is the best validation score a backbone had reached after that much "
+            "training time on its trials (in start order); dots are single trials, the star "
+            "each backbone's winner. Higher and further left is better.",
+        )
+    }
+    figs["importance"] = Figure(
+        "Parameter importance over complete trials",
+        figures.importance_figure(
+            importance,
+            f"Parameter importance by best validation {data.metric} (complete trials only)",
+            "complete trials",
+        )
+        if len(importance)
+        else None,
+        "fANOVA and PED-ANOVA, normalised to sum to 1 per backbone and evaluator.",
+        notes,
+    )
+    for epoch in data.rungs:
+        part = rungs[rungs["rung"] == epoch]
+        figs[f"importance-epoch-{epoch}"] = Figure(
+            f"Parameter importance at ASHA rung epoch {epoch}",
+            figures.importance_figure(
+                part,
+                f"Parameter importance by validation {data.metric} at epoch {epoch}: "
+                "every trial that reached it, pruned ones included",
+                f"trials reached epoch {epoch}",
+            )
+            if len(part)
+            else None,
+            f"Rung at epoch {epoch} ({data.rungs_from}); the value is {data.metric} at "
+            f"epoch {epoch}, the trial's own result there.",
+            [n for n in rung_notes if f" at epoch {epoch}:" in n],
+        )
+    figs.update(parallel_figures(data))
+    figs["history"] = Figure(
+        "Optimisation history",
+        figures.history_figure(rebuild_study(data, by_key=False), data.metric),
+        "Trials numbered in the order they started; pruned and failed trials have no value.",
+    )
+    figs["curves"] = Figure(
+        "Learning curves", figures.learning_curves_figure(data), "Trials in start order."
+    )
+    figs["backbones"] = Figure("Best value per trial", figures.backbone_figure(data))
     return figs
+
+
+def parallel_figures(data: RunData) -> dict[str, Figure]:
+    """One parallel-coordinates figure per backbone: every trial that reached the last rung
+    (or every trial with a value, when there are no rungs), by its value there."""
+    last = data.rungs[-1] if data.rungs else 1
+    out = {}
+    for i, backbone in enumerate(sorted(data.trials["backbone"].unique())):
+        study = rung_study(data, backbone, last)
+        n = len(study.trials)
+        target = f"{data.metric} at epoch {last} (%)"
+        title = f"{backbone}: {_trials(n)} reached epoch {last} (the last rung)"
+        out[f"parallel-{i}"] = Figure(
+            f"Parallel coordinates: {backbone}",
+            figures.parallel_figure(study, title, target) if n else None,
+            f"One line per trial that reached epoch {last}, coloured by {target}.",
+            [] if n else [f"{backbone}: no trial reached epoch {last}"],
+        )
+    return out
 
 
 def write_all(
@@ -60,15 +133,17 @@ def write_all(
     comparison = comparison_table(data)
     sides = side_by_side(data)
     importance, notes = importance_table(data)
-    result.notes += notes
+    rungs, rung_notes = rung_importance_table(data)
+    result.notes += notes + rung_notes
     result.files += export(ranked, out / "ranked", "All trials ranked by validation " + data.metric)
     result.files += export(comparison, out / "comparison", "Best per backbone vs reference results")
     result.files += export(sides, out / "side_by_side", "Best configuration per backbone")
     importance.to_csv(out / "importance.csv", index=False)
-    result.files.append(out / "importance.csv")
-    figs = build_figures(data, importance)
+    rungs.to_csv(out / "importance_rungs.csv", index=False)
+    result.files += [out / "importance.csv", out / "importance_rungs.csv"]
+    figs = build_figures(data, importance, notes, rungs, rung_notes)
     page = out / "report.html"
-    page.write_text(render_page(data, figs, ranked, comparison, sides, notes))
+    page.write_text(render_page(data, figs, ranked, comparison, sides))
     result.files.append(page)
     if png:
         result.notes += write_pngs(figs, out / "png", result)
@@ -87,45 +162,20 @@ def _status_line(data: RunData) -> str:
     )
 
 
-def render_page(data, figs, ranked, comparison, sides, notes) -> str:
+def render_page(data, figs: dict[str, Figure], ranked, comparison, sides) -> str:
     sections = [
         (
             "Ranked comparison",
             to_html(comparison) + "<p class='note'>Reference rows come from "
-            "METHOD.md; the seed's manual runs were chosen on test data, one unseeded run each."
-            "</p>" + to_html(sides, "Best configuration per backbone, side by side"),
+            "METHOD.md; the seed's manual runs were chosen on test data, one unseeded run each. "
+            "compute_seconds is one trial's training time; total_compute_s sums every trial "
+            "of the backbone.</p>"
+            + to_html(sides, "Best configuration per backbone, side by side"),
         ),
     ]
-    captions = {
-        "importance": "Parameter importance per backbone (fANOVA and PED-ANOVA)",
-        "parallel": "Parallel coordinates (complete trials)",
-        "history": "Optimisation history",
-        "curves": "Learning curves",
-        "backbones": "Backbone comparison",
-    }
-    for name, fig in figs.items():
-        div = fig.to_html(
-            full_html=False,
-            include_plotlyjs=False,
-            div_id=f"fig-{name}",
-            config={"displaylogo": False},
-        )
-        extra = (
-            "".join(f"<p class='note'>{html.escape(n)}</p>" for n in notes)
-            if (name == "importance")
-            else ""
-        )
-        sections.append((captions[name], f"<div class='figure'>{div}</div>{extra}"))
-    if "importance" not in figs:
-        sections.insert(
-            1,
-            (
-                "Parameter importance",
-                "".join(f"<p class='note'>{html.escape(n)}</p>" for n in notes) or "<p>none</p>",
-            ),
-        )
+    sections += [(f.title, _figure_html(name, f)) for name, f in figs.items()]
     sections.append(("All trials, ranked", to_html(ranked)))
-    body = "\n".join(f"<section><h2>{t}</h2>\n{c}</section>" for t, c in sections)
+    body = "\n".join(f"<section><h2>{html.escape(t)}</h2>\n{c}</section>" for t, c in sections)
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>handreid-search report</title>"
         f"<style>{TABLE_CSS} .note{{color:#555;font-size:13px}} section{{margin-bottom:2em}}"
@@ -133,6 +183,26 @@ def render_page(data, figs, ranked, comparison, sides, notes) -> str:
         f"</head><body><h1>handreid-search report</h1><p>{_status_line(data)}</p>\n{body}"
         "</body></html>"
     )
+
+
+def _trials(n: int) -> str:
+    return f"{n} trial" if n == 1 else f"{n} trials"
+
+
+def _figure_html(name: str, figure: Figure) -> str:
+    parts = []
+    if figure.fig is not None:
+        div = figure.fig.to_html(
+            full_html=False,
+            include_plotlyjs=False,
+            div_id=f"fig-{name}",
+            config={"displaylogo": False},
+        )
+        parts.append(f"<div class='figure'>{div}</div>")
+    if figure.caption:
+        parts.append(f"<p class='caption'>{html.escape(figure.caption)}</p>")
+    parts += [f"<p class='note'>{html.escape(n)}</p>" for n in figure.notes]
+    return "".join(parts)
 
 
 def find_chromium() -> str | None:
@@ -155,8 +225,10 @@ def write_pngs(figs: dict, folder: Path, result: ReportResult) -> list[str]:
         logging.getLogger(name).setLevel(logging.WARNING)
     folder.mkdir(parents=True, exist_ok=True)
     notes = []
-    for name, fig in figs.items():
-        path = folder / f"{name}.png"
+    for name, figure in figs.items():
+        if figure.fig is None:
+            continue
+        fig, path = figure.fig, folder / f"{name}.png"
         try:
             fig.write_image(path, width=1200, height=fig.layout.height or 450)
             result.files.append(path)

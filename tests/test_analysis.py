@@ -56,7 +56,12 @@ def fabricate_run(
     metric: str = "val_mAP",
     finished: bool = True,
     all_fail: bool = False,
+    tune: dict | None = None,
 ) -> Path:
+    """Backbones A and B, ``n_per_backbone`` trials each; trial ``i`` is failed when
+    ``i % 11 == 10``, pruned at epoch 2 when ``i % 4 == 3``, else complete after 4 epochs.
+    Trials start in the reverse order of their ids. ``tune``: search.json's tune block (the
+    ASHA settings); without it the rungs come from the pruned epochs."""
     rng = np.random.default_rng(seed)
     run = root / name
     run.mkdir(parents=True)
@@ -70,6 +75,7 @@ def fabricate_run(
                 "base_backbone": "A",
                 "params": [d["key"] for d in DISTRIBUTIONS.values()],
                 "distributions": DISTRIBUTIONS,
+                **({"tune": tune} if tune else {}),
             }
         )
     )
@@ -88,6 +94,7 @@ def fabricate_run(
                 "failed" if all_fail or i % 11 == 10 else ("pruned" if i % 4 == 3 else "complete")
             )
             epochs = 2 if kind == "pruned" else 4
+            started = 1_700_000_000 + 100 * (2 * n_per_backbone - b * n_per_backbone - i)
             results = []
             for e in range(1, epochs + 1):
                 status = {
@@ -100,6 +107,7 @@ def fabricate_run(
                         "epoch": e,
                         metric: final - 4 + e,
                         "epoch_seconds": 0.5,
+                        "timestamp": started + e,
                         "status": status,
                         "error": "non-finite loss" if status == "diverged" else None,
                     }
@@ -225,7 +233,9 @@ def test_exports_hold_the_ranked_table(tmp_path, capsys):
     # header, rule, one row per backbone, the reference rows
     assert (out / "comparison.md").read_text().count("\n| ") == 2 + 2 + len(REFERENCE_ROWS)
     page = (out / "report.html").read_text()
-    assert page.count('id="fig-') == 5 and "<script src=" not in page  # plotly.js embedded
+    assert (
+        page.count('id="fig-') == len(FIGURES) and "<script src=" not in page
+    )  # plotly.js embedded
     assert "report.html" in capsys.readouterr().out
 
 
@@ -290,6 +300,20 @@ CHROME_FLAGS = [
 ]
 
 
+# the sections of a fabricated run: its one rung (no tune block) is the pruned epoch, 2
+FIGURES = [
+    "progress",
+    "importance",
+    "importance-epoch-2",
+    "parallel-0",
+    "parallel-1",
+    "history",
+    "curves",
+    "backbones",
+]
+IMPORTANCE_FIGURES = ("importance", "importance-epoch-2")
+
+
 def test_report_renders_every_figure_in_headless_chromium(tmp_path):
     run = fabricate_run(tmp_path)
     assert report_main([str(run), "--out", str(tmp_path / "out")]) == 0
@@ -307,12 +331,16 @@ def test_report_renders_every_figure_in_headless_chromium(tmp_path):
         timeout=120,
     ).stdout
     figures = dom.split('id="fig-')[1:]
-    assert len(figures) == 5
-    for chunk in figures:
-        name = chunk.split('"', 1)[0]
-        body = chunk.split("</section>", 1)[0]
+    drawn = {chunk.split('"', 1)[0]: chunk.split("</section>", 1)[0] for chunk in figures}
+    assert list(drawn) == FIGURES
+    for name, body in drawn.items():
         assert 'class="main-svg"' in body, name  # plotly drew its SVG
         assert "<path" in body or "<rect" in body, name  # and something in it
+    for name in IMPORTANCE_FIGURES:  # one bar per parameter, evaluator and backbone
+        bars = drawn[name].split('class="barlayer', 1)[1].split('class="infolayer"', 1)[0]
+        assert bars.count('class="point"') == 3 * 2 * 2, name
+    # the rung figure names its rung and trial count in the drawn panel titles
+    assert "A: 24 trials reached epoch 2" in drawn["importance-epoch-2"]
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report.png"
     subprocess.run(
@@ -335,7 +363,7 @@ def test_png_export_with_the_system_chromium(tmp_path):
     run = fabricate_run(tmp_path)
     assert report_main([str(run), "--out", str(tmp_path / "out"), "--png"]) == 0
     pngs = sorted(p.name for p in (tmp_path / "out" / "png").iterdir())
-    assert pngs == ["backbones.png", "curves.png", "history.png", "importance.png", "parallel.png"]
+    assert pngs == sorted(f"{name}.png" for name in FIGURES)
     assert not math.isnan(load_run(run).trials["best_val_mAP"].iloc[0])
 
 

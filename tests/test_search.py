@@ -111,6 +111,12 @@ def test_search_prunes_fails_shares_stage1_and_scores_the_best(ray_local, tmp_pa
     on_disk = pd.read_csv(run_dir / "trials.csv")
     assert len(on_disk) == 7
 
+    # no trial state is left but the scored trials' best weights: ASHA-stopped, diverged and
+    # beaten trials left nothing, and no per-epoch checkpoint survives the wrap-up
+    scratch = run_dir / "scratch"
+    assert {p.name for p in scratch.iterdir()} <= set(scored["trial_id"])
+    assert [p.name for p in scratch.rglob("*.pt")] == ["best.pt"] * len(list(scratch.iterdir()))
+
 
 def test_sigkill_then_resume_accounts_for_every_trial(tmp_path):
     space = small_space(tmp_path, num_samples=6, max_epochs=6)
