@@ -142,8 +142,8 @@ def cluster(tmp_path):
 
 def submit(cluster: LocalCluster, search: list[str], wait: bool) -> subprocess.CompletedProcess:
     env = json.dumps({"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S)}})
-    deadline = time.time() + 90
-    while True:  # the head's job agent comes up a little after the node
+    deadline = time.time() + 300
+    while True:  # the head's job agent comes up after the node (a minute on a loaded machine)
         out = cluster.job(
             "submit",
             f"--working-dir={REPO}",
