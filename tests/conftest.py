@@ -79,6 +79,8 @@ def real_root(tmp_path_factory) -> Path:
 # ------------------------------------------------------------------ searches in a subprocess
 
 SEARCH_ENV = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+FINAL = ("done", "early_stopped")  # a trial's last status when it ran to its end
+STATES = {"complete": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL"}  # trials.csv -> study
 
 
 def trial_results(run_dir: Path) -> dict[str, list[dict]]:

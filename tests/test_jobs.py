@@ -30,10 +30,9 @@ import optuna
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, record_fault, replayed_epochs, small_space, trial_results
+from tests.conftest import FINAL, REPO, record_fault, replayed_epochs, small_space, trial_results
 
 BIN = Path(sys.executable).parent
-FINAL = ("done", "early_stopped")
 STOP_WAIT_S = 60  # how long `ray job stop` lets the search save its state before SIGKILL
 
 

@@ -9,6 +9,8 @@ import optuna
 import pandas as pd
 
 from tests.conftest import (
+    FINAL,
+    STATES,
     record_fault,
     replayed_epochs,
     resume_search,
@@ -17,9 +19,6 @@ from tests.conftest import (
     small_space,
     trial_results,
 )
-
-FINAL = ("done", "early_stopped")
-STATES = {"complete": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL"}
 
 
 def test_a_killed_uri_search_resumes_on_a_new_head(tmp_path):

@@ -13,14 +13,13 @@ import pandas as pd
 import pytest
 
 from tests.conftest import (
+    FINAL,
     resume_search,
     search_command,
     sigkill_search_when,
     small_space,
     trial_results,
 )
-
-FINAL = ("done", "early_stopped")
 
 pytestmark = pytest.mark.slow
 

@@ -16,17 +16,16 @@ import pytest
 from ray import tune  # at collection: Ray's log handler must not bind to a test's capsys
 
 from tests.conftest import (
+    FINAL,
     REPO,
     SEARCH_ENV,
+    STATES,
     record_fault,
     replayed_epochs,
     search_command,
     small_space,
     trial_results,
 )
-
-FINAL = ("done", "early_stopped")
-STATES = {"complete": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL"}
 
 
 def load_study(run_dir: Path, name: str) -> optuna.Study:
