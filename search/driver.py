@@ -620,10 +620,22 @@ def read_search_meta(run_dir: Path) -> dict[str, Any]:
 
 
 def prepare_data(space: SearchSpace) -> None:
-    """Generate synthetic data once in the driver so trials do not start by racing for it."""
+    """Generate synthetic data, and the tiny CLIPs pretrained here when the space uses them
+    (``model.pretrained: tiny-synth``), once in the driver, with progress, so trials do not
+    start by racing for them."""
     from handreid.data.build import resolve_root
+    from handreid.models.pretrain_tiny import prepare
 
     resolve_root(space.base.data)
+    prepare(space.trial_config({}).model.pretrained, backbone_choices(space))
+
+
+def backbone_choices(space: SearchSpace) -> list[str]:
+    """Every backbone a trial of the space may train."""
+    for param in space.params:
+        if param.key == "model.backbone":
+            return list(dict.fromkeys(c for branch in param.branches for c in branch.choices))
+    return [space.trial_config({}).model.backbone]
 
 
 # ------------------------------------------------------------------ after the search

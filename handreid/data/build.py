@@ -12,7 +12,7 @@ from filelock import FileLock
 
 from handreid.data.hands11k import CSV_NAME, aspect_records, check_files_exist, read_handinfo
 from handreid.data.splits import DataSplit, gallery_all, make_split
-from handreid.data.synth import generate
+from handreid.data.synth import RENDER_VERSION, generate
 from handreid.errors import DataError
 
 
@@ -22,7 +22,8 @@ def cache_root() -> Path:
 
 def synthetic_root(synth_cfg) -> Path:
     """Generate (once, under a lock) the synthetic dataset the config describes."""
-    key = hashlib.sha256(json.dumps(asdict(synth_cfg), sort_keys=True).encode()).hexdigest()[:12]
+    described = {**asdict(synth_cfg), "render_version": RENDER_VERSION}
+    key = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:12]
     root = cache_root() / "synth" / key
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root) + ".lock"):

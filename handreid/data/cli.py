@@ -1,4 +1,5 @@
-"""``handreid-data``: generate synthetic hands, prepare a resized cache, check a dataset."""
+"""``handreid-data``: generate synthetic hands, prepare a resized cache, check a dataset,
+pretrain the tiny CLIPs on synthetic hands."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from handreid.data.prepare import prepare
 from handreid.data.splits import make_split, split_summary
 from handreid.data.synth import generate
 from handreid.errors import DataError, HandReIDError
+from handreid.models.registry import SYNTH_PRETRAINED, TINY_BACKBONES
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short-side", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
 
+    t = sub.add_parser(
+        "pretrain",
+        help=f"pretrain the tiny CLIPs on synthetic hands (model.pretrained: {SYNTH_PRETRAINED})",
+    )
+    t.add_argument("--backbone", nargs="+", choices=TINY_BACKBONES, default=list(TINY_BACKBONES))
+    t.add_argument("--seed", type=int, default=0, help="other than 0: use the printed file")
+    t.add_argument("--steps", type=int, default=None, help="optimiser steps (default 300)")
+    t.add_argument("--force", action="store_true", help="pretrain again even if cached")
+
     c = sub.add_parser("check", help="validate a dataset and print its split statistics")
     c.add_argument("--root", required=True)
     c.add_argument("--aspect", type=_aspect, nargs="+", default=None)
@@ -86,6 +97,24 @@ def cmd_synth(args) -> int:
         seed=args.seed,
     )
     log.info("wrote %d images to %s", args.ids * args.per_id * len(args.aspects), out)
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    import dataclasses
+
+    from handreid.models import pretrain_tiny
+
+    defaults = pretrain_tiny.DEFAULT_SETTINGS
+    if args.steps is not None and args.steps < 1:
+        raise HandReIDError("--steps must be >= 1")
+    settings = dataclasses.replace(defaults, seed=args.seed, steps=args.steps or defaults.steps)
+    for backbone in args.backbone:
+        if args.force:
+            pretrain_tiny.cache_file(backbone, settings).unlink(missing_ok=True)
+        path = pretrain_tiny.ensure_pretrained(backbone, settings)
+        use = SYNTH_PRETRAINED if settings == defaults else str(path)
+        print(f"{backbone}: {path} (use with model.pretrained={use})")
     return 0
 
 
@@ -155,7 +184,13 @@ def _print_table(report: dict[str, dict[str, int]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    return {"synth": cmd_synth, "prepare": cmd_prepare, "check": cmd_check}[args.command](args)
+    commands = {
+        "synth": cmd_synth,
+        "prepare": cmd_prepare,
+        "check": cmd_check,
+        "pretrain": cmd_pretrain,
+    }
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,11 @@ ACTIVATIONS = ("auto", "gelu", "quick_gelu")
 # Entries of OpenAI's released TorchScript archives (ViT-B-16.pt, RN50.pt) that are not weights;
 # open_clip's own checkpoints share every other key name, so these mark OpenAI's format.
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+# `model.pretrained` marker: the tiny CLIPs pretrained on synthetic hands by
+# handreid.models.pretrain_tiny (imported only when used: it imports torch), built on first use
+# and cached in OpenAI's format.
+SYNTH_PRETRAINED = "tiny-synth"
+TINY_BACKBONES = ("tiny-vit", "tiny-rn")  # the configs in model_configs/
 
 
 def is_checkpoint_path(pretrained: str) -> bool:
@@ -113,7 +118,8 @@ def build_clip(
     cache_dir: str | None = None,
     activation: str = "auto",
 ):
-    """Create an open_clip CLIP model; ``pretrained`` is a tag (``openai``), a file or ``none``;
+    """Create an open_clip CLIP model; ``pretrained`` is a tag (``openai``), a file, ``none`` or
+    ``tiny-synth`` (the tiny backbones pretrained on synthetic hands, built on first use);
     ``activation`` is ``auto`` (what the weights were trained with), ``gelu`` or ``quick_gelu``."""
     import open_clip
 
@@ -121,6 +127,10 @@ def build_clip(
         raise KeyError(f"unknown backbone {name!r}; valid: {', '.join(available_backbones())}")
     if pretrained in ("none", "", None):
         return _quiet_create(name, None, cache_dir, resolve_quick_gelu(activation, None, ""))
+    if pretrained == SYNTH_PRETRAINED:  # tiny CLIPs pretrained here, built on first use
+        from handreid.models.pretrain_tiny import ensure_pretrained
+
+        return _from_file(name, ensure_pretrained(name), activation)
     if is_checkpoint_path(pretrained):
         return _from_file(name, Path(pretrained), activation)
     tags = open_clip.list_pretrained_tags_by_model(name)
