@@ -46,7 +46,7 @@ class RunData:
 
 
 def config_key(name: str) -> str:
-    return name.split("|", 1)[0]
+    return name.split(" (", 1)[0].split("|", 1)[0]  # "|": names before the current form
 
 
 def _read_json_lines(path: Path) -> list[dict[str, Any]]:

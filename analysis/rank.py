@@ -72,9 +72,11 @@ def ranked_table(data: RunData, top: int | None = None) -> pd.DataFrame:
 
 
 def best_per_backbone(data: RunData) -> pd.DataFrame:
-    """The best usable (not failed) trial of each backbone, best first."""
+    """The best usable trial of each backbone, best first: its best complete trial, else
+    (none complete) its best pruned one, as the search's wrap-up picks it."""
     usable = data.trials[data.trials["status"] != "failed"].dropna(subset=[data.best_column])
     ordered = usable.sort_values(data.best_column, ascending=data.mode == "min", kind="stable")
+    ordered = ordered.sort_values("status", key=lambda s: s != "complete", kind="stable")
     return ordered.groupby("backbone", sort=False).head(1).reset_index(drop=True)
 
 

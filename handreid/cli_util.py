@@ -11,12 +11,16 @@ from handreid.errors import HandReIDError
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """Our own loggers at INFO (DEBUG if verbose); other libraries' at WARNING (open_clip logs
+    its tokenizer look-ups at INFO on the root logger)."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.WARNING)
+    for name in ("handreid", "search", "analysis", "bench"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def one_line_errors(main: Callable[..., int]) -> Callable[..., int]:

@@ -53,7 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a base-config value for every trial",
     )
-    p.add_argument("--quiet", action="store_true", help="no live trial table")
+    p.add_argument(
+        "--verbose", action="store_true", help="Ray Tune's live trial tables and its log lines"
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bar or per-trial lines, only the end"
+    )
     return p
 
 
@@ -96,12 +101,42 @@ def all_failed(table) -> str | None:
 
 
 def print_best(table, metric: str) -> None:
+    from search.driver import top_k
+
     cols = ["backbone", "trial_id", "status", "epochs", f"best_{metric}", "test_rank1", "test_mAP"]
-    best = table[table["status"] != "failed"].groupby("backbone", sort=False).head(1)
-    print("\nbest configuration per backbone:")
-    print(best[[c for c in cols if c in best]].to_string(index=False))
+    best = top_k(table, 1)
+    print(f"\nbest trial per backbone (complete trials first, chosen by {metric}; test scored):")
+    print(best[[c for c in cols if c in best]].to_string(index=False, float_format="{:.2f}".format))
     counts = table["status"].value_counts().to_dict()
     print(f"trials: {len(table)} ({', '.join(f'{v} {k}' for k, v in counts.items())})")
+
+
+def print_places(space, run_dir: Path) -> None:
+    """Where the user finds what the search read and wrote."""
+    from handreid.data.build import resolve_root
+
+    data = space.base.data
+    kind = "11k-layout" if (data.root or data.prepared) else "generated synthetic hands"
+    print(f"data:          {resolve_root(data)} ({kind})")
+    print(f"run directory: {run_dir} (trials.csv, best/, study.db)")
+    report = run_dir / "report" / "report.html"
+    if report.is_file():
+        print(f"report:        {report}")
+    print(f"dashboard:     optuna-dashboard sqlite:///{run_dir / 'study.db'}")
+
+
+def quiet_libraries() -> None:
+    """Leave the terminal to the search's own lines: Ray, Tune and Optuna say only warnings,
+    and Optuna's notes on its experimental features are not repeated to every user."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    for name in ("ray", "ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("HANDREID_RAY_LOG_LEVEL", "WARNING")
 
 
 def resume_command(argv: list[str]) -> str:
@@ -125,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     check_sets(space, sets)
     for line in space.warnings:
         print(f"warning: {line}")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    # Tune's own output (its experiment box, live tables, log lines) only with --verbose
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if args.verbose else "0")
+    if not args.verbose:
+        quiet_libraries()
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     from search.driver import (
         SearchOptions,
@@ -149,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
         stage1_cache=not args.no_stage1_cache,
-        verbose=0 if args.quiet else 1,
+        verbose=1 if args.verbose else 0,
+        progress=not args.quiet,
         retry_failed=args.retry_failed,
     )
     opts = pin_run_dir(opts)  # absolute from here on; run_search keeps it
@@ -163,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {failure} (details: {local_run_dir(opts)})", file=sys.stderr)
         return 1
     print_best(table, space.tune.metric)
-    print(f"run directory: {local_run_dir(opts)}")
+    print_places(space, local_run_dir(opts))
     return 0
 
 

@@ -45,7 +45,8 @@ class SearchOptions:
     cpus_per_trial: float | None = None
     gpus_per_trial: float | None = None
     stage1_cache: bool = True
-    verbose: int = 1
+    verbose: int = 0  # 1: Ray Tune's live trial tables
+    progress: bool = True  # a line per finished trial, and a progress bar on a terminal
     retry_failed: bool = False  # on resume, run errored trials again
 
 
@@ -126,7 +127,7 @@ def init_ray(address: str | None, num_gpus: float | None = None) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=ray_log_level())
     else:  # a local instance inside this command: no dashboard, no network needed, and no
         # joining a cluster that another `ray start` or search left running (address=None would)
         ray.init(
@@ -135,7 +136,14 @@ def init_ray(address: str | None, num_gpus: float | None = None) -> None:
             num_gpus=num_gpus,
             include_dashboard=False,
             log_to_driver=False,
+            logging_level=ray_log_level(),
         )
+
+
+def ray_log_level() -> int:
+    """Ray's own log level: INFO, or what the command line asked (`handreid-search` without
+    --verbose: WARNING, so no "Started a local Ray instance")."""
+    return getattr(logging, os.environ.get("HANDREID_RAY_LOG_LEVEL", "INFO"), logging.INFO)
 
 
 def build_tuner(space: SearchSpace, opts: SearchOptions):
@@ -158,12 +166,16 @@ def build_tuner(space: SearchSpace, opts: SearchOptions):
         sampler=make_sampler(t.seed, t.n_startup_trials),
         study_name=f"handreid-{opts.name}",
         storage=study_storage(run_dir),
+        metric_name=t.metric,
+        balance=space.balanced(),
     )
     scheduler = ResumableASHA(  # ASHA that rebuilds its rungs on resume
         time_attr="epoch",
         max_t=space.max_epochs,
         grace_period=t.grace_period,
         reduction_factor=t.reduction_factor,
+        # rungs per backbone: trials compete with trials of their own backbone
+        group_by="model.backbone" if "model.backbone" in {p.key for p in space.params} else None,
     )
     tune_config = tune.TuneConfig(
         metric="objective",
@@ -181,7 +193,10 @@ def build_tuner(space: SearchSpace, opts: SearchOptions):
         storage_path=opts.storage if is_uri(opts.storage) else str(Path(opts.storage).resolve()),
         failure_config=tune.FailureConfig(max_failures=t.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=t.checkpoints_to_keep),
-        callbacks=[TrialSummary(t.metric), *scratch_keeper(space, opts)],
+        callbacks=[
+            *([TrialSummary(t.metric, opts.num_samples or t.num_samples)] if opts.progress else []),
+            *scratch_keeper(space, opts),
+        ],
         verbose=opts.verbose,
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
@@ -731,9 +746,7 @@ def evaluate_top_k(space, opts, table, results, run_dir: Path) -> dict[str, dict
     """Score the top-k trials per backbone on the test protocol, in Ray tasks."""
     import ray
 
-    k = space.tune.top_k
-    usable = table[table["status"].isin(["complete", "pruned"])]
-    picks = usable.groupby("backbone", sort=False).head(k)
+    picks = top_k(table, space.tune.top_k)
     cpus, gpus = trial_resources(space, opts)
     task = ray.remote(num_cpus=cpus, num_gpus=gpus)(evaluate_checkpoint)
     jobs = {}
@@ -757,6 +770,15 @@ def evaluate_top_k(space, opts, table, results, run_dir: Path) -> dict[str, dict
             save_best(folder, cfg, checkpoint, scratch_root(opts), out[trial_id], trial_id)
     drop_scratch(opts, keep=set(picks["trial_id"]))
     return out
+
+
+def top_k(table: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The ``k`` trials per backbone the wrap-up scores, best first: complete trials by the
+    objective, then pruned ones (a trial ASHA stopped was judged worse at its rung, however
+    high its early value). ``table`` is sorted best first."""
+    usable = table[table["status"].isin(["complete", "pruned"])]
+    usable = usable.sort_values("status", kind="stable")  # "complete" < "pruned"
+    return usable.groupby("backbone", sort=False).head(k)
 
 
 def test_metrics(ref, trial_id: str) -> dict:

@@ -72,11 +72,43 @@ def ending(result: dict[str, Any] | None, error: bool) -> tuple[str, str | None]
 
 
 class HandReIDOptunaSearch(OptunaSearch):
+    def __init__(
+        self,
+        *args,
+        metric_name: str | None = None,
+        balance: tuple[str, list] | None = None,
+        **kwargs,
+    ):
+        self.metric_name = metric_name  # the study's objective as dashboards label it
+        self.balance = balance  # (parameter, choices): each new trial takes the least-used
+        super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode) -> None:
+        super()._setup_study(mode)
+        if getattr(self, "metric_name", None):
+            self._ot_study.set_metric_names([self.metric_name])
+
     def suggest(self, trial_id: str) -> dict | None:
+        if getattr(self, "balance", None) and trial_id not in self._ot_trials:
+            self._enqueue_balanced()
         params = super().suggest(trial_id)
         if trial_id in self._ot_trials:
             self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
         return params
+
+    def _enqueue_balanced(self) -> None:
+        """Fix the balanced parameter of the next trial to its least-used choice (ties: the
+        space's order); TPE then samples the rest of the trial given that choice. Queued
+        trials (start points) go first, as they are."""
+        name, choices = self.balance
+        trials = self._ot_study.get_trials(deepcopy=False)
+        if any(t.state == optuna.trial.TrialState.WAITING for t in trials):
+            return
+        used = {choice: 0 for choice in choices}
+        for t in trials:
+            if t.params.get(name) in used:
+                used[t.params[name]] += 1
+        self._ot_study.enqueue_trial({name: min(choices, key=used.__getitem__)})
 
     def known(self, trial_id: str) -> bool:
         """Whether the study holds this Ray trial. A searcher state saved before a trial that

@@ -1,30 +1,61 @@
-"""One line per finished trial, on top of Tune's live trial table."""
+"""What a search prints while it runs: a progress bar over trials (on a terminal) and one line
+per finished trial. Ray's own live trial tables are one flag away (``--verbose``)."""
 
 from __future__ import annotations
 
-import logging
+import math
+import sys
 
 from ray.tune import Callback
+from tqdm import tqdm
 
 from search.optuna_search import ending
 
-log = logging.getLogger("handreid.search")
+
+def trial_line(trial_id: str, result: dict, metric: str) -> str:
+    """One finished trial in words: how it ended, its backbone, its best value and cost."""
+    kind, reason = ending(result, False)
+    epoch = int(result.get("epoch", 0))
+    if kind == "pruned":
+        kind = f"pruned at epoch {epoch}"
+    elif kind == "complete":
+        kind = f"complete, {epoch} epochs"
+    best = result.get("objective")
+    value = f"{best:.2f}" if isinstance(best, (int, float)) and math.isfinite(best) else "-"
+    seconds = result.get("time_total_s")
+    cost = f", {seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
+    line = f"trial {trial_id}  {result.get('backbone', '?'):<10} best {metric} {value:>6}  {kind}"
+    return line + cost + (f" [{reason}]" if reason else "")
 
 
 class TrialSummary(Callback):
-    def __init__(self, metric: str):
+    def __init__(self, metric: str, total: int, bar: bool | None = None):
         self.metric = metric
+        self.total = total
+        self.bar_wanted = sys.stderr.isatty() if bar is None else bar
+        self.bar: tqdm | None = None
+
+    def setup(self, **info) -> None:
+        if self.bar_wanted and self.bar is None:
+            self.bar = tqdm(total=self.total, desc="trials", unit="trial", dynamic_ncols=True)
+
+    def _say(self, line: str) -> None:
+        (self.bar.write if self.bar is not None else print)(line)
+
+    def _count(self, trials) -> None:
+        if self.bar is not None:  # ended trials, those of a resumed search's earlier run too
+            self.bar.n = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+            self.bar.refresh()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        result = trial.last_result or {}
-        kind, reason = ending(result, False)
-        epoch = result.get("epoch", 0)
-        if kind == "pruned":
-            kind = f"pruned at epoch {epoch}"
-        best = result.get("objective", float("nan"))
-        line = f"trial {trial.trial_id} {kind}: best {self.metric} {best:.2f}"
-        line += f" after {epoch} epochs ({result.get('backbone', '?')})"
-        log.info(line + (f" [{reason}]" if reason else ""))
+        self._say(trial_line(trial.trial_id, trial.last_result or {}, self.metric))
+        self._count(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        log.info("trial %s failed with an error (retried up to max_failures)", trial.trial_id)
+        self._say(f"trial {trial.trial_id}  failed with an error (see its folder's error.txt)")
+        self._count(trials)
+
+    def on_experiment_end(self, trials, **info):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow.fs
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+from ray.tune.schedulers.async_hyperband import _Bracket
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,41 @@ class ResumableASHA(AsyncHyperBandScheduler):
     epoch: its own rung record would make ASHA skip that rung and let it go on.
 
     With several ``brackets`` a restored trial draws its bracket anew; the search uses one.
+
+    ``group_by`` (a key of the trial's config, e.g. ``model.backbone``) gives every value
+    its own rungs: a trial is compared only with trials of its group, so a backbone whose
+    validation mAP runs lower overall is not pruned wholesale by the other's cutoffs.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, group_by: str | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._rebuilt = False
         self._stopped_at: dict[str, float] = {}  # trial id -> time_attr Tune stopped it at
+        self._group_by = group_by
+        self._groups: dict[Any, _Bracket] = {}  # group value -> its rungs
+        self._bracket_args = (
+            kwargs.get("grace_period", 1),
+            kwargs.get("max_t", 100),
+            kwargs.get("reduction_factor", 4),
+            0,
+        )
+        self._stop_last = kwargs.get("stop_last_trials", True)
+
+    def on_trial_add(self, tune_controller, trial: Trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        if self._group_by is None:
+            return
+        group = (trial.config or {}).get(self._group_by)
+        if group not in self._groups:
+            self._groups[group] = _Bracket(*self._bracket_args, stop_last_trials=self._stop_last)
+        self._trial_info[trial.trial_id] = self._groups[group]
+
+    def rungs(self) -> dict[Any, list[tuple[float, dict]]]:
+        """Each group's rungs (milestone, {trial id: recorded value}); one None group
+        without ``group_by``."""
+        if self._group_by is None:
+            return {None: list(self._brackets[0]._rungs)}
+        return {g: list(b._rungs) for g, b in self._groups.items()}
 
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
         self._rebuild_once(tune_controller)  # before a restored trial starts again
@@ -87,7 +117,7 @@ class ResumableASHA(AsyncHyperBandScheduler):
                 fed,
                 len(trials),
                 len(self._stopped_at),
-                "; ".join(b.debug_str() for b in self._brackets),
+                "; ".join(b.debug_str() for b in [*self._brackets, *self._groups.values()]),
             )
 
 

@@ -4,7 +4,8 @@ With a storage path, each trial keeps its epoch states in ``<run dir>/scratch/<t
 (see :mod:`search.trainable`). A trial stopped by ASHA is killed, so it never cleans up
 after itself; this callback does, in the driver. When a trial ends (pruned, complete or
 failed) its resumable state goes, and only its ``best.pt`` stays, and only while the trial
-is among the ``top_k`` ended trials of its backbone (the ones the wrap-up scores). A trial
+is among the ``top_k`` ended trials of its backbone (the ones the wrap-up scores: complete
+trials first, then pruned ones, each by objective; see ``search.driver.top_k``). A trial
 that leaves the top-k loses its ``best.pt`` too. Peak disk is then bounded by the trials in
 flight (each: the checkpoints Tune keeps) plus ``top_k`` best checkpoints per backbone, plus
 the state of trials that ended in an error (kept for ``--retry-failed``).
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
+from search.optuna_search import ending
 from search.trainable import FINISHED
 
 
@@ -41,7 +43,8 @@ class ScratchKeeper(Callback):
         self.root = Path(root)
         self.top_k = top_k
         self.sign = -1.0 if mode == "max" else 1.0
-        self.ended: dict[str, dict[str, float]] = {}  # backbone -> trial id -> objective
+        # backbone -> trial id -> (0 complete / 1 pruned, signed objective): ascending = better
+        self.ended: dict[str, dict[str, tuple[int, float]]] = {}
 
     def _ended(self, trial) -> None:
         result = trial.last_result or {}
@@ -52,8 +55,9 @@ class ScratchKeeper(Callback):
             free_trial(self.root / trial.trial_id, keep_best=False)
             return
         board = self.ended.setdefault(backbone, {})
-        board[trial.trial_id] = float(value)
-        ranked = sorted(board, key=lambda t: self.sign * board[t])
+        complete = ending(result, False)[0] == "complete"
+        board[trial.trial_id] = (0 if complete else 1, self.sign * float(value))
+        ranked = sorted(board, key=board.__getitem__)
         for rank, trial_id in enumerate(ranked):
             free_trial(self.root / trial_id, keep_best=rank < self.top_k)
 

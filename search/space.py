@@ -20,7 +20,8 @@ A space file has four sections::
     tune: {num_samples: 12, metric: val_mAP, mode: max, scheduler: {...}, resources: {...}}
 
 Integer bounds are inclusive. A branch's Optuna parameter name is ``key`` when the key
-has one branch and ``key|cond=value`` otherwise; :func:`config_key` maps it back.
+has one branch and ``key (cond=value)`` otherwise, as optuna-dashboard shows it;
+:func:`config_key` maps it back.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ TYPES = ("float", "int", "categorical", "bool")
 
 def config_key(name: str) -> str:
     """Optuna parameter name -> dotted config key."""
-    return name.split("|", 1)[0]
+    return name.split(" (", 1)[0].split("|", 1)[0]  # "|": names before the current form
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class TuneSettings:
     max_failures: int = 2
     top_k: int = 3
     checkpoints_to_keep: int = 2
+    balance: str | None = None  # a categorical key whose choices get equal trial counts
 
 
 @dataclass
@@ -120,6 +122,14 @@ class SearchSpace:
     tune: TuneSettings = field(default_factory=TuneSettings)
 
     # --------------------------------------------------------------- Optuna
+
+    def balanced(self) -> tuple[str, list] | None:
+        """``tune.balance``'s Optuna parameter and its choices, if set."""
+        key = self.tune.balance
+        if key is None:
+            return None
+        param = next(p for p in self.params if p.key == key)
+        return key, list(param.branches[0].choices)
 
     def define_by_run(self, trial) -> None:
         """Suggest every active parameter on ``trial`` (an Optuna trial or compatible)."""
@@ -196,6 +206,7 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Sea
         base = apply_overrides(base, {**fixed, **(overrides or {})})  # as trials see it
         params = _parse_params(doc.get("search") or {}, base)
         tune = _parse_tune(doc.get("tune") or {})
+        _check_balance(tune.balance, params)
         points = doc.get("start_points") or []
         if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
             raise ConfigError("must be a list of mappings", key="start_points")
@@ -216,6 +227,18 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Sea
                 )
         space.optuna_point(point)
     return space
+
+
+def _check_balance(key: str | None, params: list[Param]) -> None:
+    if key is None:
+        return
+    param = next((p for p in params if p.key == key), None)
+    if param is None or len(param.branches) != 1 or param.branches[0].when:
+        raise ConfigError(
+            f"{key!r} is not a searched parameter without conditions", key="tune.balance"
+        )
+    if param.branches[0].type != "categorical":
+        raise ConfigError(f"{key!r} is not categorical", key="tune.balance")
 
 
 def wasted_values(space: SearchSpace) -> list[str]:
@@ -281,7 +304,7 @@ def _branch_name(key: str, spec: Any, n_branches: int) -> str:
     if n_branches == 1 or not isinstance(spec, dict):
         return key
     when = spec.get("when") or {}
-    return f"{key}|" + ",".join(f"{k}={v}" for k, v in when.items())
+    return f"{key} (" + ", ".join(f"{k}={v}" for k, v in when.items()) + ")"
 
 
 def _parse_branch(

@@ -362,7 +362,7 @@ def test_prepare_skips_corrupt_images_and_resumes(tmp_path, caplog):
 
 def test_too_few_identities_for_the_split(tmp_path, capsys):
     root = _small_dataset(tmp_path)
-    err = _run_err(["check", "--root", str(root), "--no-decode"], capsys)  # standard thresholds
+    err = _run_err(["check", "--root", str(root), "--no-decode", "--split", "standard"], capsys)
     assert "too few identities for the standard split (6 train, 0 test" in err
     assert "data.split=random" in err
 

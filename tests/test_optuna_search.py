@@ -41,3 +41,50 @@ def test_a_trial_missing_from_the_saved_searcher_is_found_in_the_study(tmp_path)
     assert trials["aaaa0001"].value == 0.5
     assert trials["aaaa0001"].intermediate_values == {1: 0.4, 2: 0.5}
     assert trials["aaaa0002"].state == optuna.trial.TrialState.PRUNED
+
+
+def test_the_study_names_its_objective(tmp_path):
+    """optuna-dashboard labels the axis with the metric, not "Objective 0"."""
+    from search.optuna_search import HandReIDOptunaSearch
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    searcher = HandReIDOptunaSearch(
+        space=lambda trial: {"y": trial.suggest_float("x", 0.0, 1.0)},
+        metric="objective",
+        mode="max",
+        study_name="s",
+        storage=optuna.storages.RDBStorage(storage),
+        metric_name="val_mAP",
+    )
+    searcher.suggest("t0")
+    assert optuna.load_study(study_name="s", storage=storage).metric_names == ["val_mAP"]
+
+
+def test_balance_gives_each_choice_the_same_number_of_trials(tmp_path):
+    """TPE left alone favours the backbone that scores higher; with tune.balance each new
+    trial takes the least-used choice, and TPE samples the rest of it."""
+    from search.optuna_search import HandReIDOptunaSearch
+
+    def space(trial):
+        backbone = trial.suggest_categorical("model.backbone", ["a", "b"])
+        trial.suggest_float("x", 0.0, 1.0)
+        return {"model.backbone": backbone}
+
+    searcher = HandReIDOptunaSearch(
+        space=space,
+        metric="objective",
+        mode="max",
+        study_name="s",
+        storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}"),
+        points_to_evaluate=[{"model.backbone": "a", "x": 0.5}],
+        sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=2),
+        balance=("model.backbone", ["a", "b"]),
+    )
+    chosen = []
+    for i in range(9):
+        params = searcher.suggest(f"t{i}")
+        chosen.append(params["model.backbone"])
+        value = 100.0 if params["model.backbone"] == "a" else 1.0  # "a" is far better
+        searcher.on_trial_complete(f"t{i}", {"objective": value, "epoch": 1, "status": "done"})
+    assert chosen[0] == "a"  # the start point first, as given
+    assert sorted(chosen).count("a") == 5 and chosen.count("b") == 4, chosen

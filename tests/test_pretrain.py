@@ -114,7 +114,10 @@ def _diff(a, b) -> np.ndarray:
 
 def test_captions_say_what_is_drawn():
     ident = draw_identity(np.random.default_rng(0), "0000001")
-    ident = dataclasses.replace(ident, gender="male", age=62, skin_name="dark", nail_polish=1)
+    spots = np.array([[0.2, 0.1, 0.09], [-0.3, 0.4, 0.08], [0.5, -0.2, 0.1], [0.0, 0.6, 0.09]])
+    ident = dataclasses.replace(  # an older man's wrinkles and spots, whatever was drawn
+        ident, gender="male", age=62, skin_name="dark", nail_polish=1, wrinkles=2, age_spots=spots
+    )
 
     def draw(aspect="dorsal_r", accessory=False, **change):
         return np.asarray(

@@ -239,3 +239,32 @@ def test_recorded_results_merge_trials_by_timestamp_keeping_file_order(tmp_path)
     trials.append(make_trial("c", str(tmp_path)))  # no result.json yet
     order = [(t.trial_id, r["epoch"]) for t, r in recorded_results(trials)]
     assert order == [("a", 1), ("b", 1), ("a", 2), ("b", 2), ("b", 3)]
+
+
+def test_groups_have_their_own_rungs(tmp_path):
+    """A group whose values run lower throughout (another backbone) is cut against its own
+    trials, not wholesale against the other group's cutoffs."""
+    controller = Controller()
+    sched = ResumableASHA(
+        time_attr="epoch",
+        max_t=4,
+        grace_period=2,
+        reduction_factor=2,
+        group_by="model.backbone",
+        metric="objective",
+        mode="max",
+    )
+    decisions = {}
+    for i, (group, level) in enumerate([("high", 50.0)] * 4 + [("low", 30.0)] * 4):
+        trial = make_trial(f"t{i}", str(tmp_path))
+        trial.config = {"model.backbone": group}
+        controller.trials.append(trial)
+        sched.on_trial_add(controller, trial)
+        value = level + (i % 4)  # within a group the later trials are better
+        decisions[trial.trial_id] = sched.on_trial_result(
+            controller, trial, {"epoch": 2, "objective": value}
+        )
+    low = [decisions[f"t{i}"] for i in range(4, 8)]
+    assert low.count(CONTINUE) >= 2, low  # above its own group's median, not the pooled one
+    assert set(sched.rungs()) == {"high", "low"}
+    assert sorted(dict(sched.rungs()["low"])[2]) == ["t4", "t5", "t6", "t7"]

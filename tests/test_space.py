@@ -10,7 +10,7 @@ import yaml
 
 from handreid.errors import ConfigError
 from search.space import config_key, load_space
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_YML
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -129,15 +129,16 @@ def test_conditional_parameters_follow_their_condition(tmp_path):
     space.define_by_run(off)
     names = [c[1] for c in off.calls]
     assert "loss.center.weight" not in names
-    assert ("int", "model.unfreeze_blocks|model.backbone=tiny-rn", 0, 4, False) in off.calls
+    assert ("int", "model.unfreeze_blocks (model.backbone=tiny-rn)", 0, 4, False) in off.calls
     on = RecordingTrial({"model.backbone": "tiny-vit", "loss.center.use": True})
     space.define_by_run(on)
-    assert ("int", "model.unfreeze_blocks|model.backbone=tiny-vit", 0, 2, False) in on.calls
+    assert ("int", "model.unfreeze_blocks (model.backbone=tiny-vit)", 0, 2, False) in on.calls
     assert "loss.center.weight" in [c[1] for c in on.calls]
     cfg = space.trial_config(
-        {"model.backbone": "tiny-rn", "model.unfreeze_blocks|model.backbone=tiny-rn": 3}
+        {"model.backbone": "tiny-rn", "model.unfreeze_blocks (model.backbone=tiny-rn)": 3}
     )
     assert (cfg.model.backbone, cfg.model.unfreeze_blocks) == ("tiny-rn", 3)
+    assert config_key("model.unfreeze_blocks (model.backbone=tiny-rn)") == "model.unfreeze_blocks"
     assert config_key("model.unfreeze_blocks|model.backbone=tiny-rn") == "model.unfreeze_blocks"
 
 
@@ -316,3 +317,22 @@ def test_a_set_wins_over_the_space_fixed_values(tmp_path):
     assert space.max_epochs == 5 and space.base.model.backbone == "tiny-rn"
     cfg = space.trial_config({"optim.lr_visual": 1e-3})
     assert cfg.train.epochs == 5 and cfg.model.backbone == "tiny-rn"
+
+
+@pytest.mark.parametrize("key", ["optim.lr_visual", "data.pad"])
+def test_balance_must_name_a_searched_categorical(tmp_path, key):
+    doc = {
+        "base": str(TINY_YML),
+        "search": {
+            "model.backbone": {"type": "categorical", "choices": ["tiny-vit", "tiny-rn"]},
+            "optim.lr_visual": {"type": "float", "low": 1e-4, "high": 1e-2},
+        },
+        "tune": {"balance": key},
+    }
+    path = tmp_path / "space.yml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="tune.balance"):
+        load_space(path)
+    doc["tune"]["balance"] = "model.backbone"
+    path.write_text(yaml.safe_dump(doc))
+    assert load_space(path).balanced() == ("model.backbone", ["tiny-vit", "tiny-rn"])

@@ -186,3 +186,39 @@ def test_validation_reuses_its_loaders_and_runs_under_autocast(tiny_cfg, tmp_pat
     train(cfg, tmp_path / "run", evaluate_on_test=False)
     assert len(built) == 2  # val and gallery, once per run (not per epoch)
     assert autocast and all(autocast)
+
+
+def test_batches_are_copied_without_waiting_and_loaders_keep_their_workers(
+    tiny_cfg, tmp_path, monkeypatch
+):
+    """Copies to the device are asynchronous (pinned memory on CUDA), and every loader keeps
+    its worker processes between epochs."""
+    copies = []
+    to = torch.Tensor.to
+
+    def recording(self, *args, **kw):
+        if args and isinstance(args[0], torch.device):
+            copies.append(kw.get("non_blocking", False))
+        return to(self, *args, **kw)
+
+    cfg = tiny_cfg(**{"train.epochs": 1, "data.num_workers": 1})
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.setup()
+    trainer.setup_stage2()
+    trainer.compute_text_features()
+    loaders = [trainer.train_loader, trainer.val_loader, trainer.gallery_loader]
+    assert all(loader.persistent_workers for loader in loaders)
+    monkeypatch.setattr(torch.Tensor, "to", recording)
+    trainer.train_epoch(1)
+    trainer.validate()
+    assert copies and all(copies)
+
+
+def test_cudnn_picks_its_kernels_once_on_cuda(monkeypatch):
+    from handreid.train.trainer import configure_backends
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    configure_backends(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    configure_backends(torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is True

@@ -12,7 +12,7 @@ from filelock import FileLock
 
 from handreid.data.hands11k import CSV_NAME, aspect_records, check_files_exist, read_handinfo
 from handreid.data.splits import DataSplit, gallery_all, make_split
-from handreid.data.synth import RENDER_VERSION, generate
+from handreid.data.synth import MARKER, RENDER_VERSION, generate, write_marker
 from handreid.errors import DataError
 
 
@@ -36,6 +36,8 @@ def synthetic_root(synth_cfg) -> Path:
                 size=(synth_cfg.width, synth_cfg.height),
                 seed=synth_cfg.seed,
             )
+        elif not (root / MARKER).is_file():  # generated before datasets were marked
+            write_marker(root, render_version=RENDER_VERSION)
     return root
 
 

@@ -21,7 +21,7 @@ from handreid.data.hands11k import (
 )
 from handreid.data.prepare import prepare
 from handreid.data.splits import make_split, split_summary
-from handreid.data.synth import generate
+from handreid.data.synth import MARKER, generate
 from handreid.errors import DataError, HandReIDError
 from handreid.models.registry import SYNTH_PRETRAINED, TINY_BACKBONES
 
@@ -76,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate a dataset and print its split statistics")
     c.add_argument("--root", required=True)
     c.add_argument("--aspect", type=_aspect, nargs="+", default=None)
-    c.add_argument("--split", choices=["standard", "random"], default="standard")
+    c.add_argument(
+        "--split",
+        choices=["auto", "standard", "random"],
+        default="auto",
+        help=f"auto (default): the split the dataset declares in {MARKER}, else standard",
+    )
     c.add_argument(
         "--keep-accessories", action="store_true", help="do not drop rows with rings etc."
     )
@@ -134,16 +139,34 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def _check_split(root: Path, asked: str) -> tuple[str, str]:
+    """The split ``check`` uses and why: ``--split``, else what ``synth.json`` declares,
+    else the standard 11k split."""
+    if asked != "auto":
+        return asked, "--split"
+    marker = root / MARKER
+    if not marker.is_file():
+        return "standard", f"the 11k Hands split; no {MARKER} in {root}"
+    try:
+        split = json.loads(marker.read_text())["split"]
+    except (ValueError, KeyError, TypeError):
+        raise DataError(f"{marker}: not a synthetic-data marker with a 'split'") from None
+    if split not in ("standard", "random"):
+        raise DataError(f"{marker}: unknown split {split!r}")
+    return split, f"declared by {marker}"
+
+
 def cmd_check(args) -> int:
     root = Path(args.root)
     df = read_handinfo(root / CSV_NAME)
+    method, why = _check_split(root, args.split)
     aspects = args.aspect or sorted(set(df["aspect"]), key=list(ASPECT_NAMES).index)
     report, reasons = {}, {}
     for aspect in aspects:
         records = aspect_records(df, aspect, filter_accessories=not args.keep_accessories)
         if not records.items:
             raise DataError(f"aspect {aspect}: no images in {root / CSV_NAME}")
-        split = make_split(records, method=args.split)
+        split = make_split(records, method=method)
         check_files_exist(root, records.items)
         report[aspect] = split_summary(split)
         reasons[aspect] = {
@@ -164,8 +187,10 @@ def cmd_check(args) -> int:
                 + (" ..." if len(corrupt) > 10 else "")
             )
     if args.json:
+        log.info("split: %s (%s)", method, why)  # stdout stays JSON
         print(json.dumps(report))
     else:
+        print(f"split: {method} ({why})")
         _print_table(report)
         for aspect, why in reasons.items():
             parts = ", ".join(f"{n} {reason}" for reason, n in why.items() if n)

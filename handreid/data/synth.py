@@ -22,6 +22,7 @@ describes a rendered image in words (for contrastive pretraining of the tiny CLI
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +35,10 @@ from handreid.data.hands11k import ASPECT_NAMES, COLUMNS, CSV_NAME, IMAGE_DIR
 
 # Bumped whenever the drawing changes: part of the cache key of generated datasets, so a
 # dataset cached by an older renderer is never read as this one's.
-RENDER_VERSION = 2
+RENDER_VERSION = 3
+# Written beside HandInfo.csv: the dataset is generated, and the split it is meant for (its
+# ids do not follow 11k's numbering, so the standard threshold split leaves no test ids).
+MARKER = "synth.json"
 
 SKIN_TONES = {
     "very fair": (236, 200, 180),
@@ -45,6 +49,15 @@ SKIN_TONES = {
 NAIL_COLOURS = ((200, 30, 60), (230, 80, 160), (120, 30, 130), (150, 10, 20), (240, 110, 70))
 RING_COLOURS = ((235, 190, 40), (215, 215, 230))  # gold, silver
 AGE_BANDS = ((30, "young"), (50, "middle-aged"), (200, "older"))  # (upper bound, name)
+# How often each attribute value occurs among HandInfo.csv's 189 identities (its first row per
+# id): identities are drawn with these odds, so the attributes single out an identity about as
+# rarely as in 11k (most are young women of medium or fair skin) and the rest of the hand --
+# finger lengths, marks, palm shape -- has to do the work.
+SKIN_ODDS = {"medium": 110, "fair": 60, "dark": 14, "very fair": 5}
+GENDER_ODDS = {"female": 128, "male": 61}
+AGE_ODDS = {(18, 30): 183, (30, 50): 3, (50, 76): 3}  # [low, high) years: HandInfo's 18-75
+NAIL_POLISH_ODDS = 33 / 189  # identities with nail polish on some image
+
 GENDER_SHAPE = {  # palm width, palm height, finger width, hand size
     "male": (1.12, 1.06, 1.18, 1.08),
     "female": (0.9, 0.96, 0.84, 0.92),
@@ -76,11 +89,17 @@ class Identity:
     age_spots: np.ndarray | None = None  # (n, 3): x, y in palm coords, radius (age)
 
 
+def _pick(rng: np.random.Generator, odds: dict):
+    keys = list(odds)
+    weights = np.array([odds[k] for k in keys], float)
+    return keys[int(rng.choice(len(keys), p=weights / weights.sum()))]
+
+
 def draw_identity(rng: np.random.Generator, pid: str) -> Identity:
-    skin_name = str(rng.choice(list(SKIN_TONES)))
+    skin_name = _pick(rng, SKIN_ODDS)
     skin = np.array(SKIN_TONES[skin_name], float) * rng.uniform(0.93, 1.07) + rng.normal(0, 5, 3)
-    gender = str(rng.choice(["male", "female"]))
-    age = int(rng.integers(18, 75))
+    gender = _pick(rng, GENDER_ODDS)
+    age = int(rng.integers(*_pick(rng, AGE_ODDS)))
     sw, sh, sf, size = GENDER_SHAPE[gender]
     n_marks = int(rng.integers(2, 6))
     marks = np.column_stack(
@@ -103,7 +122,7 @@ def draw_identity(rng: np.random.Generator, pid: str) -> Identity:
             rng.uniform(0.07, 0.11, n_spots),
         ]
     )
-    nail_polish = int(rng.random() < 0.25)
+    nail_polish = int(rng.random() < NAIL_POLISH_ODDS)
     return Identity(
         pid=pid,
         age=age,
@@ -340,7 +359,8 @@ def generate(
     accessory_rate: float = 0.05,
     first_id: int = 0,
 ) -> Path:
-    """Write ``<out>/HandInfo.csv`` and ``<out>/Hands/Hand_*.jpg``; returns ``out``."""
+    """Write ``<out>/HandInfo.csv``, ``<out>/Hands/Hand_*.jpg`` and ``<out>/synth.json``;
+    returns ``out``."""
     out = Path(out)
     (out / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     rows = []
@@ -362,4 +382,21 @@ def generate(
         fh.write(",".join(COLUMNS) + "\n")  # the real header is unquoted, the values quoted
         csv.writer(fh, quoting=csv.QUOTE_NONNUMERIC).writerows(rows)
     tmp.replace(out / CSV_NAME)
+    write_marker(
+        out,
+        ids=ids,
+        per_id=per_id,
+        aspects=list(aspects),
+        size=list(size),
+        seed=seed,
+        accessory_rate=accessory_rate,
+        first_id=first_id,
+        render_version=RENDER_VERSION,
+    )
     return out
+
+
+def write_marker(out: str | Path, **described) -> None:
+    """``<out>/synth.json``: marks a generated dataset and its intended split (random)."""
+    doc = {"synthetic": True, "split": "random", **described}
+    (Path(out) / MARKER).write_text(json.dumps(doc, indent=2) + "\n")

@@ -66,7 +66,15 @@ def cache_file(backbone: str, settings: PretrainSettings | None = None) -> Path:
     from handreid.data.build import cache_root
 
     settings = settings or DEFAULT_SETTINGS
-    doc = {"backbone": backbone, "version": VERSION, "threads": THREADS, **asdict(settings)}
+    from handreid.data.synth import RENDER_VERSION
+
+    doc = {
+        "backbone": backbone,
+        "version": VERSION,
+        "render": RENDER_VERSION,  # the hands it learnt from
+        "threads": THREADS,
+        **asdict(settings),
+    }
     key = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
     return cache_root() / "pretrained" / f"{backbone}-{SYNTH_PRETRAINED}-{key}.pt"
 

@@ -58,10 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu:
         overrides["train.cpu"] = True
     cfg = load_config(args.config, overrides)
-    from handreid.train.trainer import train  # heavy imports after the config is known good
+    from handreid.train.trainer import METRICS, finished_run, train  # heavy: after the config
 
     name = Path(args.config).stem if args.config else "default"
     out = Path(args.out or Path("runs") / "train" / name)
+    done = finished_run(cfg, out, with_test=not args.no_test)
+    if done is not None:  # neither trained nor scored again
+        print(
+            f"run complete ({done['status']} after {done['epochs']} epochs): "
+            f"results in {out / METRICS}"
+        )
+        return 0
     result = train(cfg, out, evaluate_on_test=not args.no_test)
     print(format_results(result))
     print(f"run directory: {out}")

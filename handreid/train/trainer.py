@@ -47,6 +47,7 @@ CHECKPOINT = "checkpoint.pt"
 # keys that may change between a run and its resumption (where it runs, not what it trains)
 RESUMABLE = {"train.cpu", "data.num_workers", "data.root", "train.stage1_cache", "eval.batch_size"}
 BEST = "best.pt"
+METRICS = "metrics.json"
 
 
 class Diverged(Exception):
@@ -76,6 +77,12 @@ def _release_accelerator_state(mixed_precision: str, cpu: bool) -> None:
         AcceleratorState._reset_state(reset_partial_state=True)
 
 
+def configure_backends(device: torch.device) -> None:
+    """On CUDA, cuDNN benchmarks its kernels once: every batch has the same input size."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 class Trainer:
     def __init__(self, cfg: Config, out_dir: str | Path, report: Report | None = None):
         self.cfg = cfg
@@ -89,8 +96,7 @@ class Trainer:
             gradient_accumulation_steps=cfg.train.grad_accum,
         )
         self.device = self.accelerator.device
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels
+        configure_backends(self.device)
         self.progress = Progress()
         self.stage1_info: dict[str, Any] = {}
 
@@ -344,18 +350,6 @@ class Trainer:
             "config": to_dict(self.cfg),
         }
 
-    def check_same_config(self, state: dict[str, Any]) -> None:
-        """Refuse to resume a run directory that holds a run of another configuration."""
-        saved = flatten(state.get("config") or {})
-        ours = flatten(to_dict(self.cfg))
-        changed = [k for k in ours if k in saved and saved[k] != ours[k] and k not in RESUMABLE]
-        if changed:
-            key = changed[0]
-            raise HandReIDError(
-                f"{self.out} holds a checkpoint of a different configuration ({key}: "
-                f"{saved[key]!r} there, {ours[key]!r} now); use another output directory"
-            )
-
     def load_state_dict(self, state: dict[str, Any]) -> None:
         ckpt.check_fingerprint(state.get("fingerprint"), self.fingerprint)
         ckpt.load_trainable(self.accelerator.unwrap_model(self.model), state["model"])
@@ -446,7 +440,7 @@ class Trainer:
         resume = self.out / CHECKPOINT
         state = ckpt.load(resume) if resume.is_file() else None
         if state is not None:  # before setup() writes this run's config.yaml
-            self.check_same_config(state)
+            check_same_config(self.cfg, self.out, state)
         self.setup()
         if state is None:
             self.stage1()
@@ -473,6 +467,37 @@ class Trainer:
         }
 
 
+def check_same_config(cfg: Config, out: Path, state: dict[str, Any]) -> None:
+    """Refuse to resume a run directory that holds a run of another configuration."""
+    saved = flatten(state.get("config") or {})
+    ours = flatten(to_dict(cfg))
+    changed = [k for k in ours if k in saved and saved[k] != ours[k] and k not in RESUMABLE]
+    if changed:
+        key = changed[0]
+        raise HandReIDError(
+            f"{out} holds a checkpoint of a different configuration ({key}: "
+            f"{saved[key]!r} there, {ours[key]!r} now); use another output directory"
+        )
+
+
+def finished_run(cfg: Config, out_dir: str | Path, *, with_test: bool = True) -> dict | None:
+    """The ``metrics.json`` of a run of ``cfg`` that already ended in ``out_dir`` (its
+    checkpoint done or early-stopped, the test scored unless ``with_test`` is False), else
+    None. A checkpoint of another configuration there is refused, as on resumption."""
+    out = Path(out_dir)
+    if not (out / METRICS).is_file() or not (out / CHECKPOINT).is_file():
+        return None
+    result = json.loads((out / METRICS).read_text())
+    ended = ("done", "early_stopped")
+    if result.get("status") not in ended or (with_test and not result.get("test")):
+        return None
+    state = ckpt.load(out / CHECKPOINT)
+    check_same_config(cfg, out, state)
+    progress = Progress(**state["progress"])
+    same = progress.status in ended and progress.epoch == result.get("epochs")
+    return result if same else None
+
+
 def train(
     cfg: Config,
     out_dir: str | Path,
@@ -495,7 +520,7 @@ def train(
         result = _failed(trainer, "oom", msg)
     if evaluate_on_test and result["status"] in ("done", "early_stopped"):
         result["test"] = evaluate_test(cfg, out_dir, trainer=trainer)
-    write_json(Path(out_dir) / "metrics.json", result)
+    write_json(Path(out_dir) / METRICS, result)
     return result
 
 
