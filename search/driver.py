@@ -174,8 +174,7 @@ def build_tuner(space: SearchSpace, opts: SearchOptions):
         max_t=space.max_epochs,
         grace_period=t.grace_period,
         reduction_factor=t.reduction_factor,
-        # rungs per backbone: trials compete with trials of their own backbone
-        group_by="model.backbone" if "model.backbone" in {p.key for p in space.params} else None,
+        group_by=space.bracket_key(),  # e.g. rungs per backbone: cut against its own peers
     )
     tune_config = tune.TuneConfig(
         metric="objective",

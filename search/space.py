@@ -110,6 +110,9 @@ class TuneSettings:
     top_k: int = 3
     checkpoints_to_keep: int = 2
     balance: str | None = None  # a categorical key whose choices get equal trial counts
+    # ASHA's rungs per value of this categorical key (when searched): trials are cut against
+    # their own backbone's; null: one set of rungs for all
+    bracket_by: str | None = "model.backbone"
 
 
 @dataclass
@@ -122,6 +125,11 @@ class SearchSpace:
     tune: TuneSettings = field(default_factory=TuneSettings)
 
     # --------------------------------------------------------------- Optuna
+
+    def bracket_key(self) -> str | None:
+        """The parameter whose values get their own ASHA rungs, if it is searched."""
+        key = self.tune.bracket_by
+        return key if key in {p.key for p in self.params} else None
 
     def balanced(self) -> tuple[str, list] | None:
         """``tune.balance``'s Optuna parameter and its choices, if set."""
@@ -206,7 +214,9 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Sea
         base = apply_overrides(base, {**fixed, **(overrides or {})})  # as trials see it
         params = _parse_params(doc.get("search") or {}, base)
         tune = _parse_tune(doc.get("tune") or {})
-        _check_balance(tune.balance, params)
+        _check_categorical(tune.balance, params, "tune.balance")
+        if tune.bracket_by != TuneSettings.bracket_by or tune.bracket_by in {p.key for p in params}:
+            _check_categorical(tune.bracket_by, params, "tune.scheduler.bracket_by")
         points = doc.get("start_points") or []
         if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
             raise ConfigError("must be a list of mappings", key="start_points")
@@ -229,16 +239,15 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Sea
     return space
 
 
-def _check_balance(key: str | None, params: list[Param]) -> None:
+def _check_categorical(key: str | None, params: list[Param], where: str) -> None:
+    """``key`` (if set) names a searched categorical parameter without conditions."""
     if key is None:
         return
     param = next((p for p in params if p.key == key), None)
     if param is None or len(param.branches) != 1 or param.branches[0].when:
-        raise ConfigError(
-            f"{key!r} is not a searched parameter without conditions", key="tune.balance"
-        )
+        raise ConfigError(f"{key!r} is not a searched parameter without conditions", key=where)
     if param.branches[0].type != "categorical":
-        raise ConfigError(f"{key!r} is not categorical", key="tune.balance")
+        raise ConfigError(f"{key!r} is not categorical", key=where)
 
 
 def wasted_values(space: SearchSpace) -> list[str]:

@@ -244,7 +244,7 @@ def run_trial(
             bests.append(best_epoch)
             drop_states(out, set(bests[-keep:]), last=keep)
 
-    train(cfg, out, report=report, evaluate_on_test=False)
+    train(cfg, out, report=report, evaluate_on_test=False, raise_oom=True)  # OOM: retried
     if durable:
         slim_best(out)
     else:  # everything worth keeping is in Tune's checkpoints

@@ -336,3 +336,21 @@ def test_balance_must_name_a_searched_categorical(tmp_path, key):
     doc["tune"]["balance"] = "model.backbone"
     path.write_text(yaml.safe_dump(doc))
     assert load_space(path).balanced() == ("model.backbone", ["tiny-vit", "tiny-rn"])
+
+
+def test_asha_rungs_are_per_backbone_unless_told_otherwise(tmp_path):
+    def space(tune, backbone_searched=True):
+        search = {"optim.lr_visual": {"type": "float", "low": 1e-4, "high": 1e-2}}
+        if backbone_searched:
+            search["model.backbone"] = {"type": "categorical", "choices": ["tiny-vit", "tiny-rn"]}
+        path = tmp_path / "space.yml"
+        path.write_text(yaml.safe_dump({"base": str(TINY_YML), "search": search, "tune": tune}))
+        return load_space(path)
+
+    assert space({}).bracket_key() == "model.backbone"
+    assert space({}, backbone_searched=False).bracket_key() is None
+    assert space({"scheduler": {"bracket_by": None}}).bracket_key() is None
+    with pytest.raises(ConfigError, match="tune.scheduler.bracket_by"):
+        space({"scheduler": {"bracket_by": "optim.lr_visual"}})
+    with pytest.raises(ConfigError, match="tune.scheduler.bracket_by"):
+        space({"scheduler": {"bracket_by": "loss.triplet.use"}})

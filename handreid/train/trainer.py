@@ -504,11 +504,15 @@ def train(
     *,
     report: Report | None = None,
     evaluate_on_test: bool = True,
+    raise_oom: bool = False,
 ) -> dict[str, Any]:
     """Train one configuration; returns (and writes to ``metrics.json``) its results.
 
     Divergence (a non-finite loss) and running out of GPU memory end the run with
     status ``diverged`` / ``oom`` instead of raising; the last ``report`` says so too.
+    With ``raise_oom`` (a search trial) running out of memory raises instead: the cause may
+    be a neighbour on a shared GPU, and Tune then retries the trial from its last
+    checkpoint (``max_failures``).
     """
     trainer = Trainer(cfg, out_dir, report)
     try:
@@ -517,6 +521,8 @@ def train(
         result = _failed(trainer, "diverged", str(err))
     except torch.OutOfMemoryError:
         msg = f"out of memory at batch_size={cfg.train.batch_size}; lower train.batch_size"
+        if raise_oom:
+            raise
         result = _failed(trainer, "oom", msg)
     if evaluate_on_test and result["status"] in ("done", "early_stopped"):
         result["test"] = evaluate_test(cfg, out_dir, trainer=trainer)
