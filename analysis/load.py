@@ -112,6 +112,8 @@ def _status(rows: list[dict], study: dict[str, Any] | None, final: dict | None):
             study["state"], "failed"
         )
         reason = study.get("fail_reason")
+        if reason:  # a diverged trial is PRUNED in the study (for TPE), failed here
+            status = "failed"
     else:
         status = {
             "done": "complete",

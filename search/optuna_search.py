@@ -3,8 +3,9 @@
 Ray hands a trial stopped early by ASHA to the searcher as if it had completed, and
 Optuna would record it as COMPLETE with its early value, which misleads TPE and the
 importance analysis. Here such a trial is told as PRUNED (keeping its intermediate
-values, reported per epoch); a trial whose training diverged or ran out of memory is
-told as FAIL with the reason as a user attribute.
+values, reported per epoch); a trial whose training diverged is told as PRUNED too (so
+TPE learns to avoid its region, see ``failed_state``) and any other failed trial as FAIL,
+each with the reason as a user attribute.
 
 The study is an SQLite file in the run directory on the driver's disk. The searcher's pickles
 (Tune's ``tuner.pkl`` and ``searcher-state-*.pkl``) carry no path to it: unpickled, a searcher
@@ -69,6 +70,17 @@ def ending(result: dict[str, Any] | None, error: bool) -> tuple[str, str | None]
     if status in ("done", "early_stopped"):
         return "complete", None
     return "failed", "no result reported"
+
+
+def failed_state(reason: str | None) -> optuna.trial.TrialState:
+    """The study state of a failed trial. TPE leaves FAIL trials out of its model, so it
+    would go on sampling the learning rates that diverged. A PRUNED trial is ranked below
+    every complete one (by its last reported value; last of all without one), so TPE counts
+    a diverged trial's region as bad. Other failures (an error, out of memory) say nothing
+    about the configuration's quality: FAIL."""
+    if reason and reason.startswith("diverged"):
+        return optuna.trial.TrialState.PRUNED
+    return optuna.trial.TrialState.FAIL
 
 
 class HandReIDOptunaSearch(OptunaSearch):
@@ -217,7 +229,7 @@ class HandReIDOptunaSearch(OptunaSearch):
                 self._ot_study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             elif kind == "failed":
                 trial.set_user_attr("fail_reason", reason)
-                self._ot_study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                self._ot_study.tell(trial, state=failed_state(reason))
             else:
                 self._ot_study.tell(trial, float(result[self.metric]))
         self._completed_trials.add(trial_id)

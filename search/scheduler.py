@@ -48,6 +48,8 @@ class ResumableASHA(AsyncHyperBandScheduler):
 
     With several ``brackets`` a restored trial draws its bracket anew; the search uses one.
 
+    Results inside a trial's warm-up (``in_warmup``) are not judged.
+
     ``group_by`` (a key of the trial's config, e.g. ``model.backbone``) gives every value
     its own rungs: a trial is compared only with trials of its group, so a backbone whose
     validation mAP runs lower overall is not pruned wholesale by the other's cutoffs.
@@ -89,6 +91,8 @@ class ResumableASHA(AsyncHyperBandScheduler):
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
         self._rebuild_once(tune_controller)
+        if in_warmup(result, self._time_attr):
+            return TrialScheduler.CONTINUE
         action = super().on_trial_result(tune_controller, trial, result)
         stopped, now = self._stopped_at.get(trial.trial_id), result.get(self._time_attr)
         if action == TrialScheduler.CONTINUE and None not in (stopped, now) and now >= stopped:
@@ -107,7 +111,8 @@ class ResumableASHA(AsyncHyperBandScheduler):
         trials = [t for t in tune_controller.get_trials() if t.trial_id in self._trial_info]
         fed = 0
         for trial, result in recorded_results(trials):
-            super().on_trial_result(tune_controller, trial, result)
+            if not in_warmup(result, self._time_attr):
+                super().on_trial_result(tune_controller, trial, result)
             if result.get("done") and self._time_attr in result:
                 self._stopped_at.setdefault(trial.trial_id, result[self._time_attr])
             fed += 1
@@ -119,6 +124,15 @@ class ResumableASHA(AsyncHyperBandScheduler):
                 len(self._stopped_at),
                 "; ".join(b.debug_str() for b in [*self._brackets, *self._groups.values()]),
             )
+
+
+def in_warmup(result: dict, time_attr: str) -> bool:
+    """A result from the trial's warm-up (epochs up to ``warmup_epochs``, reported by the
+    trial, before its learning rate peaked): no rung judges it there. A OneCycle trial at a
+    third of its peak rate would lose to a cosine trial near its peak, and TPE would learn
+    "OneCycle is bad"; the trial is judged at the first rung it reaches after its warm-up."""
+    now, warmup = result.get(time_attr), result.get("warmup_epochs") or 0
+    return now is not None and now <= warmup and warmup > 0  # its last epoch included
 
 
 def recorded_results(trials: list[Trial]) -> Iterator[tuple[Trial, dict]]:

@@ -88,3 +88,32 @@ def test_balance_gives_each_choice_the_same_number_of_trials(tmp_path):
         searcher.on_trial_complete(f"t{i}", {"objective": value, "epoch": 1, "status": "done"})
     assert chosen[0] == "a"  # the start point first, as given
     assert sorted(chosen).count("a") == 5 and chosen.count("b") == 4, chosen
+
+
+def test_tpe_steers_away_from_where_trials_diverged(tmp_path):
+    """Diverged trials are told to the study as PRUNED with their reason: TPE ranks them
+    below every complete trial and samples their region less (FAIL would be ignored)."""
+    from search.optuna_search import HandReIDOptunaSearch
+
+    searcher = HandReIDOptunaSearch(
+        space=lambda trial: {"y": trial.suggest_float("x", 0.0, 1.0)},
+        metric="objective",
+        mode="max",
+        study_name="s",
+        storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}"),
+        sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=10),
+    )
+    high = []
+    for i in range(40):
+        x = searcher.suggest(f"t{i}")["y"]
+        if x > 0.5:  # the learning rates that diverge
+            result = {"status": "diverged", "error": "non-finite loss", "epoch": 1}
+        else:
+            result = {"objective": 10.0, "epoch": 3, "status": "done"}
+        searcher.on_trial_complete(f"t{i}", result)
+        high.append(x > 0.5)
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    diverged = [t for t in study.trials if t.params["x"] > 0.5]
+    assert all(t.state == optuna.trial.TrialState.PRUNED for t in diverged)
+    assert all(t.user_attrs["fail_reason"].startswith("diverged") for t in diverged)
+    assert sum(high[10:]) <= 15, sum(high[10:])  # 4-12 of 30 over 5 seeds; told FAIL: 23-28

@@ -268,3 +268,35 @@ def test_groups_have_their_own_rungs(tmp_path):
     assert low.count(CONTINUE) >= 2, low  # above its own group's median, not the pooled one
     assert set(sched.rungs()) == {"high", "low"}
     assert sorted(dict(sched.rungs()["low"])[2]) == ["t4", "t5", "t6", "t7"]
+
+
+def test_no_rung_judges_a_trial_inside_its_warm_up(tmp_path):
+    """A OneCycle trial still warming up (low values while its learning rate climbs) is not
+    cut at the rungs inside its warm-up; it is judged at the first rung after it."""
+    controller = Controller()
+    sched = ResumableASHA(
+        time_attr="epoch",
+        max_t=8,
+        grace_period=1,
+        reduction_factor=2,
+        metric="objective",
+        mode="max",
+    )
+    trials = {}
+    for tid in ("peer", "warm", "cold"):
+        trials[tid] = make_trial(tid, str(tmp_path))
+        controller.trials.append(trials[tid])
+        sched.on_trial_add(controller, trials[tid])
+
+    def report(tid, epoch, value, warmup=0.0):
+        result = {"epoch": epoch, "objective": value, "warmup_epochs": warmup}
+        return sched.on_trial_result(controller, trials[tid], result)
+
+    for epoch in (1, 2):  # rungs at 1, 2 (and 4): the peer sets the cutoffs
+        assert report("peer", epoch, 50.0) == CONTINUE
+    assert report("cold", 1, 10.0) == STOP  # the same low value without a warm-up is cut
+    for epoch in (1, 2, 3):  # 3 warm-up epochs: not judged at rungs 1 and 2
+        assert report("warm", epoch, 10.0, warmup=3.0) == CONTINUE
+    assert all("warm" not in recorded for _, recorded in sched.rungs()[None])
+    assert report("peer", 4, 60.0) == CONTINUE
+    assert report("warm", 4, 20.0, warmup=3.0) == STOP  # judged after the warm-up, and cut

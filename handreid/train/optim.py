@@ -61,6 +61,17 @@ class LRFactor:
         raise KeyError(self.kind)
 
 
+ONECYCLE_WARMUP = 0.3  # OneCycle's warm-up share of the schedule when warmup_epochs is 0
+
+
+def warmup_epochs(kind: str, warmup: float, epochs: int) -> float:
+    """Epochs before the learning rate reaches its peak: ``optim.warmup_epochs``, or for
+    OneCycle without one, its default warm-up (a share of all epochs)."""
+    if kind == "onecycle" and not warmup:
+        return ONECYCLE_WARMUP * epochs
+    return float(warmup)
+
+
 def make_scheduler(
     optimizer: torch.optim.Optimizer,
     kind: str,
@@ -74,7 +85,7 @@ def make_scheduler(
     """A scheduler to be stepped once per optimiser step (never per epoch)."""
     warmup = int(round(warmup_epochs * steps_per_epoch))
     if kind == "onecycle":
-        pct = warmup / total_steps if warmup else 0.3
+        pct = warmup / total_steps if warmup else ONECYCLE_WARMUP
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=[g["lr"] for g in optimizer.param_groups],
