@@ -42,18 +42,21 @@ class TrialSummary(Callback):
     def _say(self, line: str) -> None:
         (self.bar.write if self.bar is not None else print)(line)
 
-    def _count(self, trials) -> None:
-        if self.bar is not None:  # ended trials, those of a resumed search's earlier run too
-            self.bar.n = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+    def _count(self, trials, trial) -> None:
+        """Ended trials, those of a resumed search's earlier run too; Tune calls back before
+        it marks ``trial`` itself as ended."""
+        if self.bar is not None:
+            ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
+            self.bar.n = len(ended | {trial.trial_id})
             self.bar.refresh()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._say(trial_line(trial.trial_id, trial.last_result or {}, self.metric))
-        self._count(trials)
+        self._count(trials, trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._say(f"trial {trial.trial_id}  failed with an error (see its folder's error.txt)")
-        self._count(trials)
+        self._count(trials, trial)
 
     def on_experiment_end(self, trials, **info):
         if self.bar is not None:
