@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import emit
-from bench.tabular import _train_one
+from bench.tabular import _train_one, sample_configs
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = REPO / "spaces" / "demo.yml"
@@ -83,23 +83,6 @@ def test_maps(tmp: str, seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, dict[st
             res[f"{init}_finetuned_std"] = float(np.std(tuned))
         out[backbone] = res
     return out
-
-
-def sample_configs(n: int, seed: int = 12345) -> list[dict]:
-    import optuna
-
-    from search.space import load_space
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = load_space(SPACE)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    configs = []
-    for _ in range(n):
-        trial = study.ask()
-        space.define_by_run(trial)
-        configs.append(dict(trial.params))
-        study.tell(trial, 0.0)
-    return configs
 
 
 def curves(configs: list[dict], tmp: str, workers: int) -> list[dict]:

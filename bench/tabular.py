@@ -84,19 +84,29 @@ def train_all(jobs: list[tuple[int, dict, dict]], workers: int) -> list[dict]:
             return pool.map(_train_one, [(i, p, tmp, extra) for i, p, extra in jobs])
 
 
-def build(n_configs: int, workers: int, path: Path = TABLE, sample_seed: int = 12345) -> None:
+def sample_configs(n: int, seed: int = 12345) -> list[dict]:
+    """``n`` configurations of the demo space from Optuna's seeded random sampler."""
     import optuna
 
     from search.space import load_space
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(SPACE)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=sample_seed))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     configs = []
-    for _ in range(n_configs):
+    for _ in range(n):
         trial = study.ask()
         space.define_by_run(trial)
         configs.append(dict(trial.params))
         study.tell(trial, 0.0)
+    return configs
+
+
+def build(n_configs: int, workers: int, path: Path = TABLE, sample_seed: int = 12345) -> None:
+    from search.space import load_space
+
+    space = load_space(SPACE)
+    configs = sample_configs(n_configs, sample_seed)
     rows = train_all([(i, c, {}) for i, c in enumerate(configs)], workers)
     doc = {
         "space": "spaces/demo.yml",

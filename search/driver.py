@@ -776,7 +776,7 @@ def top_k(table: pd.DataFrame, k: int) -> pd.DataFrame:
     objective, then pruned ones (a trial ASHA stopped was judged worse at its rung, however
     high its early value). ``table`` is sorted best first."""
     usable = table[table["status"].isin(["complete", "pruned"])]
-    usable = usable.sort_values("status", kind="stable")  # "complete" < "pruned"
+    usable = usable.sort_values("status", key=lambda s: s != "complete", kind="stable")
     return usable.groupby("backbone", sort=False).head(k)
 
 

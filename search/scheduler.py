@@ -9,6 +9,7 @@ anything, and so stops exactly where an uninterrupted search would have.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import json
 import logging
@@ -19,7 +20,6 @@ from typing import Any
 import pyarrow.fs
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
-from ray.tune.schedulers.async_hyperband import _Bracket
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +60,8 @@ class ResumableASHA(AsyncHyperBandScheduler):
         self._rebuilt = False
         self._stopped_at: dict[str, float] = {}  # trial id -> time_attr Tune stopped it at
         self._group_by = group_by
-        self._groups: dict[Any, _Bracket] = {}  # group value -> its rungs
-        self._bracket_args = (
-            kwargs.get("grace_period", 1),
-            kwargs.get("max_t", 100),
-            kwargs.get("reduction_factor", 4),
-            0,
-        )
-        self._stop_last = kwargs.get("stop_last_trials", True)
+        self._groups: dict[Any, Any] = {}  # group value -> its rungs (an ASHA bracket)
+        self._empty_bracket = copy.deepcopy(self._brackets[0])  # each group's rungs start so
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         super().on_trial_add(tune_controller, trial)
@@ -75,7 +69,7 @@ class ResumableASHA(AsyncHyperBandScheduler):
             return
         group = (trial.config or {}).get(self._group_by)
         if group not in self._groups:
-            self._groups[group] = _Bracket(*self._bracket_args, stop_last_trials=self._stop_last)
+            self._groups[group] = copy.deepcopy(self._empty_bracket)
         self._trial_info[trial.trial_id] = self._groups[group]
 
     def rungs(self) -> dict[Any, list[tuple[float, dict]]]:

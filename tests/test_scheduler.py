@@ -49,8 +49,10 @@ def learning_curve(seed: int) -> list[float]:
 CURVES = {tid: learning_curve(220 + i) for i, tid in enumerate(IDS)}  # stops at every rung
 
 
-def asha(cls=ResumableASHA):
-    return cls(time_attr="epoch", max_t=MAX_T, grace_period=GRACE, reduction_factor=RF)
+def asha(cls=ResumableASHA, **settings):
+    """The replay's ASHA; ``settings`` replace its schedule or add to it."""
+    schedule = {"max_t": MAX_T, "grace_period": GRACE, "reduction_factor": RF, **settings}
+    return cls(time_attr="epoch", **schedule)
 
 
 class Controller:
@@ -245,15 +247,7 @@ def test_groups_have_their_own_rungs(tmp_path):
     """A group whose values run lower throughout (another backbone) is cut against its own
     trials, not wholesale against the other group's cutoffs."""
     controller = Controller()
-    sched = ResumableASHA(
-        time_attr="epoch",
-        max_t=4,
-        grace_period=2,
-        reduction_factor=2,
-        group_by="model.backbone",
-        metric="objective",
-        mode="max",
-    )
+    sched = asha(max_t=4, grace_period=2, group_by="model.backbone", metric="objective", mode="max")
     decisions = {}
     for i, (group, level) in enumerate([("high", 50.0)] * 4 + [("low", 30.0)] * 4):
         trial = make_trial(f"t{i}", str(tmp_path))
@@ -274,14 +268,7 @@ def test_no_rung_judges_a_trial_inside_its_warm_up(tmp_path):
     """A OneCycle trial still warming up (low values while its learning rate climbs) is not
     cut at the rungs inside its warm-up; it is judged at the first rung after it."""
     controller = Controller()
-    sched = ResumableASHA(
-        time_attr="epoch",
-        max_t=8,
-        grace_period=1,
-        reduction_factor=2,
-        metric="objective",
-        mode="max",
-    )
+    sched = asha(max_t=8, grace_period=1, reduction_factor=2, metric="objective", mode="max")
     trials = {}
     for tid in ("peer", "warm", "cold"):
         trials[tid] = make_trial(tid, str(tmp_path))
