@@ -52,7 +52,7 @@ def pretrain_seconds() -> dict[str, float]:
     return seconds
 
 
-def test_maps(tmp: str, seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, dict[str, float]]:
+def test_maps(tmp: str, seeds: tuple[int, ...] = (0, 1, 2, 3, 4)) -> dict[str, dict[str, float]]:
     """Test mAP of the four variants for each backbone's demo start point; fine-tuning is
     repeated over ``seeds`` (train.seed), mean and standard deviation reported."""
     from handreid.train.trainer import Trainer, evaluate_test, train

@@ -85,20 +85,32 @@ def train_all(jobs: list[tuple[int, dict, dict]], workers: int) -> list[dict]:
 
 
 def sample_configs(n: int, seed: int = 12345) -> list[dict]:
-    """``n`` configurations of the demo space from Optuna's seeded random sampler."""
+    """``n`` configurations of the demo space from Optuna's seeded random sampler; with
+    ``tune.balance`` (the demo: model.backbone) an equal share for each of its choices, as
+    the search draws them (the first ones drawn of each)."""
     import optuna
 
     from search.space import load_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(SPACE)
+    balanced = space.balanced()
+    quota: dict = {}
+    if balanced:
+        name, choices = balanced
+        quota = {c: n // len(choices) + (i < n % len(choices)) for i, c in enumerate(choices)}
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    configs = []
-    for _ in range(n):
+    configs: list[dict] = []
+    while len(configs) < n:
         trial = study.ask()
         space.define_by_run(trial)
-        configs.append(dict(trial.params))
         study.tell(trial, 0.0)
+        if balanced:
+            value = trial.params[name]
+            if quota[value] == 0:
+                continue
+            quota[value] -= 1
+        configs.append(dict(trial.params))
     return configs
 
 

@@ -200,3 +200,19 @@ def test_a_dataset_cached_by_another_renderer_is_not_reused(tmp_path, monkeypatc
     now = build.synthetic_root(cfg)
     monkeypatch.setattr(build, "RENDER_VERSION", build.RENDER_VERSION - 1)
     assert build.synthetic_root(cfg) != now
+
+
+def test_prepare_builds_missing_backbones_in_parallel_as_one_would_alone(tiny_default, caplog):
+    """Both towers at once (one process each, on a machine with 2+ cores): the same files,
+    bit for bit, as a build in this process."""
+    if (pretrain_tiny.os.cpu_count() or 1) < 2:
+        pytest.skip("one core: prepare builds one backbone at a time")
+    with caplog.at_level(logging.INFO, logger="handreid.models.pretrain_tiny"):
+        paths = pretrain_tiny.prepare(SYNTH_PRETRAINED, list(TINY_BACKBONES))
+    assert "in parallel" in caplog.text
+    assert paths == [pretrain_tiny.cache_file(b) for b in TINY_BACKBONES]
+    for backbone, path in zip(TINY_BACKBONES, paths):
+        built = torch.load(path, weights_only=True)
+        alone = pretrain(backbone, TINY, progress=False)
+        assert built.keys() == alone.keys()
+        assert all(torch.equal(built[k], alone[k]) for k in alone)

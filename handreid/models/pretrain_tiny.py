@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -101,10 +102,7 @@ def ensure_pretrained(backbone: str, settings: PretrainSettings | None = None) -
                 path,
             )
             start = time.perf_counter()
-            state = pretrain(backbone, settings)
-            tmp = path.with_suffix(".tmp")
-            torch.save(state, tmp)
-            tmp.replace(path)
+            _save(path, pretrain(backbone, settings))
             log.info(
                 "%s: %s done in %.0f s", SYNTH_PRETRAINED, backbone, time.perf_counter() - start
             )
@@ -117,7 +115,43 @@ def prepare(pretrained: str, backbones) -> list[Path]:
     nothing for any other value of ``pretrained``."""
     if pretrained != SYNTH_PRETRAINED:
         return []
-    return [ensure_pretrained(b) for b in dict.fromkeys(backbones)]
+    backbones = list(dict.fromkeys(backbones))
+    missing = [b for b in backbones if b in TINY_BACKBONES and not cache_file(b).is_file()]
+    workers = min(len(missing), os.cpu_count() or 1)
+    if workers > 1:  # each build is single-threaded (THREADS): one process per backbone
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        log.info(
+            "%s: pretraining %s in parallel (once; cached in %s)",
+            SYNTH_PRETRAINED,
+            ", ".join(missing),
+            cache_file(missing[0]).parent,
+        )
+        start = time.perf_counter()
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            list(pool.map(_build_quietly, missing, [DEFAULT_SETTINGS] * len(missing)))
+        log.info("%s: done in %.0f s", SYNTH_PRETRAINED, time.perf_counter() - start)
+    return [ensure_pretrained(b) for b in backbones]
+
+
+def _build_quietly(backbone: str, settings: PretrainSettings) -> str:
+    """One backbone's file, in a worker process of :func:`prepare` (no progress bar: the
+    parent says what runs; the settings travel, the worker's module has its own defaults)."""
+    from filelock import FileLock
+
+    path = cache_file(backbone, settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not path.is_file():
+            _save(path, pretrain(backbone, settings, progress=False))
+    return str(path)
+
+
+def _save(path: Path, state: dict[str, torch.Tensor]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
 
 
 # ------------------------------------------------------------------ data
