@@ -9,6 +9,7 @@ from optuna.trial import TrialState
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
+from analysis.confirm import Confirmation
 from analysis.load import RunData
 
 COLORS = {"fANOVA": "#1f77b4", "PED-ANOVA": "#ff7f0e"}
@@ -254,3 +255,85 @@ def parallel_figure(study: optuna.Study, title: str, target_name: str) -> go.Fig
 def trial_lines(fig: go.Figure) -> int:
     """The number of trial lines in a ``parallel_figure``."""
     return sum(1 for t in fig.data if t.mode == "lines" and t.customdata is not None)
+
+
+def confirmation_figure(conf: Confirmation) -> go.Figure:
+    """Left: each confirmed configuration's validation value per training seed (diamond:
+    the search's own run), its mean as a bar; the winner's label starred. Right: each
+    backbone winner's test mAP per seed (mean over splits, whiskers: std over splits) and
+    the mean over seeds x splits."""
+    colours = {b: PALETTE[i % len(PALETTE)] for i, b in enumerate(sorted(conf.backbones))}
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.68, 0.32],
+        subplot_titles=(
+            f"validation {conf.metric} per seed, each confirmed configuration",
+            "test mAP per seed, each backbone's winner",
+        ),
+    )
+    for r in conf.configs.to_dict("records"):
+        backbone, config = r["backbone"], r["config_id"]
+        label = f"{backbone} {config}" + (" ★" if r["winner"] else "")
+        seeds = conf.seed_values[
+            (conf.seed_values["backbone"] == backbone) & (conf.seed_values["config_id"] == config)
+        ]
+        symbols = ["diamond" if role == "search" else "circle" for role in seeds["role"]]
+        _seed_dots(fig, [label] * len(seeds), seeds["value"], colours[backbone], 1, symbols)
+        fig.data[-1].hovertext = [
+            f"trial {t}, train seed {s if pd.notna(s) else '?'} ({role or 'seed'})"
+            for t, s, role in zip(seeds["trial_id"], seeds["train_seed"], seeds["role"])
+        ]
+        _mean_bar(fig, label, r.get("val_mean"), colours[backbone], 1)
+    for backbone in conf.backbones:
+        w = conf.winners.get(backbone)
+        if w is None or not w.seeds:
+            continue
+        scores = w.scores("mAP")
+        label = f"{backbone} {w.config_id}"
+        _seed_dots(fig, [label] * len(scores), scores.mean(axis=1), colours[backbone], 2)
+        fig.data[-1].error_y = {"type": "data", "array": scores.std(axis=1), "thickness": 1}
+        fig.data[-1].hovertext = [f"trial {s.trial_id}, train seed {s.train_seed}" for s in w.seeds]
+        _mean_bar(fig, label, scores.mean(), colours[backbone], 2)
+    fig.update_yaxes(title_text=f"validation {conf.metric} (%)", row=1, col=1)
+    fig.update_yaxes(title_text="test mAP, mean over splits (%)", row=1, col=2)
+    fig.update_layout(
+        title="Confirmation: each dot one training seed, the bar the mean",
+        height=450,
+        showlegend=False,
+    )
+    return fig
+
+
+def _seed_dots(fig, x, y, colour, col, symbols=None) -> None:
+    fig.add_trace(
+        go.Scatter(
+            x=list(x),
+            y=list(y),
+            mode="markers",
+            marker={"color": colour, "size": 9, "opacity": 0.7, "symbol": symbols or "circle"},
+        ),
+        row=1,
+        col=col,
+    )
+
+
+def _mean_bar(fig, label, mean, colour, col) -> None:
+    if mean is None or pd.isna(mean):
+        return
+    fig.add_trace(
+        go.Scatter(
+            x=[label],
+            y=[float(mean)],
+            mode="markers",
+            marker={
+                "symbol": "line-ew-open",
+                "size": 34,
+                "color": colour,
+                "line": {"color": colour, "width": 3},
+            },
+            hovertext=[f"mean {float(mean):.2f}%"],
+        ),
+        row=1,
+        col=col,
+    )

@@ -39,6 +39,7 @@ class RunData:
     rungs: list[int] = field(default_factory=list)  # ASHA milestones (epochs)
     rungs_from: str = ""  # where the rungs were read from, in words
     notes: list[str] = field(default_factory=list)
+    confirm_runs: int = 0  # trial folders of the confirmation stage, left out of ``trials``
 
     @property
     def best_column(self) -> str:
@@ -143,17 +144,15 @@ def load_run(run_dir: str | Path) -> RunData:
     trial_dirs = sorted(p for p in run_dir.glob("trial_*") if p.is_dir())
     if not trial_dirs:
         raise ReportError(f"{run_dir}: empty run (no trials yet)")
-    final = {}
-    if (run_dir / "trials.csv").is_file():
-        final = {
-            str(r["trial_id"]): r
-            for r in pd.read_csv(run_dir / "trials.csv", dtype={"trial_id": str}).to_dict("records")
-        }
+    final, confirm_runs = read_trials_csv(run_dir / "trials.csv"), 0
     study = _study_states(run_dir)
     metric = meta["metric"]
     rows, curves = [], []
     for folder in trial_dirs:
         trial_id = folder.name.removeprefix("trial_")
+        if role(final.get(trial_id)) != "search":  # a confirmation run: not a search trial
+            confirm_runs += 1
+            continue
         params_path = folder / "params.json"
         params = json.loads(params_path.read_text()) if params_path.is_file() else {}
         results = _one_per_epoch(_read_json_lines(folder / "result.json"))
@@ -206,7 +205,31 @@ def load_run(run_dir: str | Path) -> RunData:
         finished=bool(final),
         rungs=rungs,
         rungs_from=rungs_from,
+        confirm_runs=confirm_runs,
     )
+
+
+def read_trials_csv(path: Path) -> dict[str, dict[str, Any]]:
+    """trials.csv by trial id ({} before the wrap-up). Files from before the confirmation
+    stage lack ``role``, ``config_id`` and ``train_seed``: every row is then a search row
+    and repeats its own configuration."""
+    if not path.is_file():
+        return {}
+    table = pd.read_csv(path, dtype={"trial_id": str, "config_id": str, "role": str})
+    if "role" not in table:
+        table["role"] = "search"
+    if "config_id" not in table:
+        table["config_id"] = table["trial_id"]
+    table["role"] = table["role"].fillna("search")
+    table["config_id"] = table["config_id"].fillna(table["trial_id"])
+    return {str(r["trial_id"]): r for r in table.to_dict("records")}
+
+
+def role(final: dict[str, Any] | None) -> str:
+    """A trials.csv row's role: ``search``, or ``confirm`` for a retrain of a search
+    configuration with another training seed."""
+    value = (final or {}).get("role")
+    return value if isinstance(value, str) and value else "search"
 
 
 def in_start_order(trials: pd.DataFrame) -> pd.DataFrame:
@@ -258,6 +281,7 @@ def load_runs(run_dirs: list[str | Path]) -> RunData:
         rungs_from=parts[0].rungs_from
         if len(parts) == 1
         else "; ".join(f"{p.runs[0]}: {p.rungs_from}" for p in parts),
+        confirm_runs=sum(p.confirm_runs for p in parts),
     )
     if (merged.trials["status"] == "failed").all():
         reasons = merged.trials["status_detail"].value_counts().index[0]

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from analysis.confirm import Confirmation, winner_test
 from analysis.load import TEST_COLUMNS, RunData
 
 # METHOD.md section 6 (11k dorsal_r). The seed's numbers were chosen on test data, one
@@ -101,8 +102,10 @@ def side_by_side(data: RunData) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def comparison_table(data: RunData) -> pd.DataFrame:
-    """Our best per backbone (validation-selected, test scored) beside the reference rows.
+def comparison_table(data: RunData, conf: Confirmation | None = None) -> pd.DataFrame:
+    """Our best per backbone (validation-selected, test scored) beside the reference rows;
+    with a confirmation stage, each backbone's confirmed winner too (validation: mean over
+    seeds; test: mean and std over seeds x splits).
 
     ``compute_seconds`` is the best trial's own training time, as everywhere; the sum over
     all trials of the backbone is ``total_compute_s``."""
@@ -126,7 +129,33 @@ def comparison_table(data: RunData) -> pd.DataFrame:
         }
         for row in best.itertuples()
     ]
+    ours += confirmed_rows(data, conf) if conf is not None else []
     return pd.DataFrame(ours + [{**r, "reference": True} for r in REFERENCE_ROWS])
+
+
+TEST_NAMES = [f"test_{k}{s}" for k in TEST_COLUMNS for s in ("", "_std")]
+
+
+def confirmed_rows(data: RunData, conf: Confirmation) -> list[dict]:
+    counts = data.trials.groupby("backbone").size()
+    rows = []
+    for backbone in conf.backbones:
+        w = conf.winners.get(backbone)
+        if w is None or not w.seeds:
+            continue
+        test = winner_test(w)
+        rows.append(
+            {
+                "system": f"handreid-search confirmed {backbone} (config {w.config_id}, "
+                f"{test['test_seeds']} seeds x {test['test_splits']} splits)",
+                "protocol": "per_aspect",
+                "reference": False,
+                "trials": int(counts.get(backbone, 0)),
+                data.best_column: w.val_mean,
+                **{c: test[c] for c in TEST_NAMES},
+            }
+        )
+    return rows
 
 
 # ------------------------------------------------------------------ display

@@ -11,6 +11,14 @@ from pathlib import Path
 import plotly.offline
 
 from analysis import figures
+from analysis.confirm import (
+    Confirmation,
+    confirmed_table,
+    display_names,
+    load_confirmations,
+    verdicts,
+    winner_lines,
+)
 from analysis.importance import (
     importance_table,
     rebuild_study,
@@ -25,6 +33,7 @@ from analysis.rank import (
     ranked_table,
     side_by_side,
     to_html,
+    to_markdown,
 )
 
 log = logging.getLogger(__name__)
@@ -50,6 +59,7 @@ class Figure:
     fig: object | None
     caption: str = ""
     notes: list[str] = field(default_factory=list)
+    html: str = ""  # shown before the figure (e.g. a table)
 
 
 def build_figures(data: RunData, importance, notes, rungs, rung_notes) -> dict[str, Figure]:
@@ -126,22 +136,27 @@ def write_all(
     run_dirs: list[str | Path], out: str | Path, *, top: int | None = None, png: bool = False
 ) -> ReportResult:
     data = load_runs(run_dirs)
+    conf = load_confirmations(run_dirs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result = ReportResult(out)
     ranked = ranked_table(data, top)
-    comparison = comparison_table(data)
+    comparison = comparison_table(data, conf)
     sides = side_by_side(data)
     importance, notes = importance_table(data)
     rungs, rung_notes = rung_importance_table(data)
     result.notes += notes + rung_notes
     result.files += export(ranked, out / "ranked", "All trials ranked by validation " + data.metric)
     result.files += export(comparison, out / "comparison", "Best per backbone vs reference results")
+    if conf is not None:
+        result.files += write_confirmation(conf, out)
     result.files += export(sides, out / "side_by_side", "Best configuration per backbone")
     importance.to_csv(out / "importance.csv", index=False)
     rungs.to_csv(out / "importance_rungs.csv", index=False)
     result.files += [out / "importance.csv", out / "importance_rungs.csv"]
     figs = build_figures(data, importance, notes, rungs, rung_notes)
+    if conf is not None:
+        figs = {"confirmation": confirmation_section(conf), **figs}
     page = out / "report.html"
     page.write_text(render_page(data, figs, ranked, comparison, sides))
     result.files.append(page)
@@ -150,15 +165,58 @@ def write_all(
     return result
 
 
-def _status_line(data: RunData) -> str:
+def confirmation_text(conf: Confirmation) -> tuple[list[str], list[str]]:
+    """The verdict sentences, and one line per backbone on single-seed vs confirmed winner."""
+    return [v.text for v in verdicts(conf)], winner_lines(conf)
+
+
+def readable_confirmed(conf: Confirmation):
+    return confirmed_table(conf).rename(columns=display_names(conf.metric))
+
+
+def write_confirmation(conf: Confirmation, out: Path) -> list[Path]:
+    """confirmed.csv (machine names) and the Confirmation section of comparison.md."""
+    confirmed_table(conf).to_csv(out / "confirmed.csv", index=False)
+    said, winners = confirmation_text(conf)
+    with (out / "comparison.md").open("a") as f:
+        f.write("\n## Confirmation\n\n" + "".join(f"{line}\n\n" for line in said + winners))
+        f.write(to_markdown(readable_confirmed(conf)))
+    return [out / "confirmed.csv"]
+
+
+def confirmation_section(conf: Confirmation) -> Figure:
+    said, winners = confirmation_text(conf)
+    text = "".join(f"<p class='verdict'><b>{html.escape(line)}</b></p>" for line in said)
+    text += "".join(f"<p>{html.escape(line)}</p>" for line in winners)
+    return Figure(
+        "Confirmation",
+        figures.confirmation_figure(conf),
+        "The top configurations of each backbone retrained with more training seeds (same "
+        "identity split); the winner per backbone is the best mean validation score, and "
+        "every seed of it is scored on the test protocol. The verdict's interval is a "
+        "bootstrap over seeds (per backbone) and query/gallery splits (shared by the "
+        "backbones), t-corrected for the few seeds.",
+        html=text + to_html(readable_confirmed(conf)),
+    )
+
+
+def _status_line(data: RunData, confirmed: bool) -> str:
     counts = data.trials["status"].value_counts().to_dict()
     state = "finished" if data.finished else "in progress (finished trials only)"
     parts = ", ".join(f"{n} {s}" for s, n in counts.items())
+    confirm = (
+        f" The confirmation stage's {data.confirm_runs} runs (top configurations retrained "
+        "with other seeds) are not counted as trials."
+        if data.confirm_runs
+        else ""
+    )
+    if not confirmed and data.finished:
+        confirm += " No confirmation stage: each test score is from one training seed."
     return (
         f"Runs: {', '.join(map(html.escape, data.runs))}. Objective: validation "
         f"{html.escape(data.metric)} ({data.mode}). {len(data.trials)} trials ({parts}); "
         f"search {state}. Test metrics (mean ± std over 10 query/gallery splits) are "
-        f"computed only for the top trials per backbone, after the search."
+        f"computed only for the top trials per backbone, after the search.{confirm}"
     )
 
 
@@ -176,11 +234,12 @@ def render_page(data, figs: dict[str, Figure], ranked, comparison, sides) -> str
     sections += [(f.title, _figure_html(name, f)) for name, f in figs.items()]
     sections.append(("All trials, ranked", to_html(ranked)))
     body = "\n".join(f"<section><h2>{html.escape(t)}</h2>\n{c}</section>" for t, c in sections)
+    status = _status_line(data, "confirmation" in figs)
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>handreid-search report</title>"
         f"<style>{TABLE_CSS} .note{{color:#555;font-size:13px}} section{{margin-bottom:2em}}"
         f"</style><script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script>"
-        f"</head><body><h1>handreid-search report</h1><p>{_status_line(data)}</p>\n{body}"
+        f"</head><body><h1>handreid-search report</h1><p>{status}</p>\n{body}"
         "</body></html>"
     )
 
@@ -190,7 +249,7 @@ def _trials(n: int) -> str:
 
 
 def _figure_html(name: str, figure: Figure) -> str:
-    parts = []
+    parts = [figure.html] if figure.html else []
     if figure.fig is not None:
         div = figure.fig.to_html(
             full_html=False,
