@@ -29,7 +29,7 @@ from bench.tabular import _train_one, sample_configs
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = REPO / "spaces" / "demo.yml"
-RUNGS = (1, 2, 3, 4, 5, 6, 7, 9)
+RUNGS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 
 
 def init_overrides() -> dict[str, dict]:

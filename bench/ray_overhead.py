@@ -48,6 +48,7 @@ def one_trial_search(tmp: str) -> float:
                 "tune": {
                     "num_samples": 1,
                     "top_k": 0,
+                    "confirm": {"seeds": 0},
                     "max_concurrent": 1,
                     "scheduler": {"grace_period": 8, "max_epochs": 8},
                 },

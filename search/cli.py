@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="handreid-search", description=__doc__)
-    p.add_argument("--space", required=True, help="search-space YAML (spaces/*.yml)")
+    p.add_argument("--space", help="search-space YAML (spaces/*.yml); required unless --confirm")
     p.add_argument("--num-samples", type=int, help="trials to run (default: the space's)")
     p.add_argument("--data-root", help="11k-layout dataset (default: the base config's)")
     p.add_argument(
@@ -54,6 +54,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a base-config value for every trial",
     )
     p.add_argument(
+        "--confirm-seeds",
+        type=int,
+        metavar="N",
+        help="after the search, train its top configurations (tune.confirm.top_k per "
+        "backbone) with N more seeds and pick the best mean (default: the space's "
+        "tune.confirm.seeds; 0: off)",
+    )
+    p.add_argument(
+        "--confirm",
+        metavar="RUN_DIR",
+        help="confirm a finished search (its run directory), or extend its confirmation to "
+        "more --confirm-seeds; the search's own settings come from RUN_DIR/search.json",
+    )
+    p.add_argument(
         "--verbose", action="store_true", help="Ray Tune's live trial tables and its log lines"
     )
     p.add_argument(
@@ -62,7 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# flags that name or shape the search: with --confirm they come from RUN_DIR/search.json
+SEARCH_FLAGS = ("space", "name", "storage", "run_dir", "num_samples", "max_concurrent")
+
+
 def check_args(args) -> None:
+    if args.confirm_seeds is not None and args.confirm_seeds < 0:
+        raise HandReIDError(
+            f"--confirm-seeds must be >= 0 (0: no confirmation), got {args.confirm_seeds}"
+        )
+    if args.confirm:
+        given = [f for f in SEARCH_FLAGS if getattr(args, f) is not None]
+        given += ["set"] * bool(args.overrides) + ["data_root"] * bool(args.data_root)
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise HandReIDError(f"{flag}: --confirm takes the search's settings from its run")
+        if args.confirm_seeds == 0:
+            raise HandReIDError("--confirm with --confirm-seeds 0 has nothing to run")
+    elif not args.space:
+        raise HandReIDError("--space is required (or --confirm RUN_DIR)")
     for flag in ("num_samples", "max_concurrent"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -75,7 +107,7 @@ def check_args(args) -> None:
         raise HandReIDError(f"--name may use letters, digits, '.', '_' and '-' only: {args.name!r}")
     if args.data_root and not Path(args.data_root).is_dir():
         raise HandReIDError(f"--data-root {args.data_root}: not a folder")
-    if args.retry_failed and not args.resume:
+    if args.retry_failed and not (args.resume or args.confirm):
         raise HandReIDError("--retry-failed applies to --resume only")
 
 
@@ -92,6 +124,8 @@ def check_sets(space, keys) -> None:
 
 def all_failed(table) -> str | None:
     """Why the search produced nothing, when none of its trials ended well."""
+    if "role" in table:
+        table = table[table["role"] == "search"]
     if table.empty:
         return "no trial ran"
     failed = table[table["status"] == "failed"].sort_values("trial_id")
@@ -100,15 +134,83 @@ def all_failed(table) -> str | None:
     return f"all {len(table)} trials failed; first failure: {failed['fail_reason'].iloc[0]}"
 
 
-def print_best(table, metric: str) -> None:
+def print_best(table, metric: str, run_dir: Path | None = None) -> None:
     from search.driver import top_k
 
-    cols = ["backbone", "trial_id", "status", "epochs", f"best_{metric}", "test_rank1", "test_mAP"]
-    best = top_k(table, 1)
-    print(f"\nbest trial per backbone (complete trials first, chosen by {metric}; test scored):")
-    print(best[[c for c in cols if c in best]].to_string(index=False, float_format="{:.2f}".format))
-    counts = table["status"].value_counts().to_dict()
-    print(f"trials: {len(table)} ({', '.join(f'{v} {k}' for k, v in counts.items())})")
+    runs = table[table["role"] == "confirm"] if "role" in table else table.iloc[:0]
+    if len(runs) and run_dir is not None and (run_dir / "confirm.csv").is_file():
+        print_confirmed(metric, run_dir)
+    else:
+        cols = ["backbone", "trial_id", "status", "epochs", f"best_{metric}"]
+        best = top_k(table, 1)
+        print(
+            f"\nbest trial per backbone (complete trials first, chosen by {metric}; test scored):"
+        )
+        best = best[[c for c in [*cols, "test_rank1", "test_mAP"] if c in best]]
+        print(best.to_string(index=False, float_format="{:.2f}".format))
+    search = table[table["role"] == "search"] if "role" in table else table
+    counts = search["status"].value_counts().to_dict()
+    print(f"trials: {len(search)} ({', '.join(f'{v} {k}' for k, v in counts.items())})")
+    if len(runs):
+        counts = runs["status"].value_counts().to_dict()
+        said = ", ".join(f"{v} {k}" for k, v in counts.items())
+        print(f"confirmation runs: {len(runs)} ({said})")
+
+
+def print_confirmed(metric: str, run_dir: Path) -> None:
+    """Each backbone's confirmed winner: its mean over seeds, and its test scores (mean over
+    seeds x splits, from best/<backbone>/test_metrics.json)."""
+    import json
+
+    import pandas as pd
+
+    configs = pd.read_csv(run_dir / "confirm.csv", dtype={"config_id": str})
+    rows = []
+    for w in configs[configs["winner"]].to_dict("records"):
+        path = run_dir / "best" / w["backbone"] / "test_metrics.json"
+        test = json.loads(path.read_text()) if path.is_file() else {}
+        rows.append(
+            {
+                "backbone": w["backbone"],
+                "config_id": w["config_id"],
+                "seeds": w["runs"],
+                f"{metric} mean": w["val_mean"],
+                f"{metric} std": w["val_std"],
+                "search run": w["search_val"],
+                "test_rank1": test.get("rank1"),
+                "test_mAP": test.get("mAP"),
+            }
+        )
+    print(
+        f"\nconfirmed winner per backbone (best mean {metric} over seeds; test: mean over "
+        "seeds x splits):"
+    )
+    print(pd.DataFrame(rows).to_string(index=False, float_format="{:.2f}".format))
+
+
+def print_confirmation(run_dir: Path) -> None:
+    """The confirmation summary of the analysis (tables, winners, the verdict)."""
+    try:
+        from analysis.confirm import summary_lines
+    except ImportError:
+        summary_lines = winner_lines
+    for line in summary_lines(run_dir):
+        print(line)
+
+
+def winner_lines(run_dir: Path) -> list[str]:
+    """A stand-in for analysis.confirm.summary_lines: confirm.csv's winners."""
+    import pandas as pd
+
+    path = run_dir / "confirm.csv"
+    if not path.is_file():
+        return []
+    configs = pd.read_csv(path, dtype={"config_id": str})
+    return [
+        f"{w.backbone}: confirmed winner {w.config_id} ({w.runs} seeds, mean {w.val_mean:.2f} "
+        f"± {w.val_std:.2f})"
+        for w in configs[configs["winner"]].itertuples()
+    ]
 
 
 def print_places(space, run_dir: Path) -> None:
@@ -140,7 +242,10 @@ def quiet_libraries() -> None:
 
 
 def resume_command(argv: list[str]) -> str:
-    """The command that continues this search: the same arguments plus --resume."""
+    """The command that continues this search: the same arguments plus --resume (a
+    --confirm continues as it is)."""
+    if "--confirm" in argv or any(a.startswith("--confirm=") for a in argv):
+        return shlex.join(["handreid-search", *argv])
     return shlex.join(["handreid-search", *(a for a in argv if a != "--resume"), "--resume"])
 
 
@@ -150,14 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     check_args(args)
-    from search.space import load_space
-
-    overrides = parse_set_args(args.overrides)
-    sets = list(overrides)
-    if args.data_root:
-        overrides["data.root"] = str(Path(args.data_root).resolve())
-    space = load_space(args.space, overrides)
-    check_sets(space, sets)
+    space, name, storage, run_dir = search_target(args)
     for line in space.warnings:
         print(f"warning: {line}")
     # Tune's own output (its experiment box, live tables, log lines) only with --verbose
@@ -175,13 +273,13 @@ def main(argv: list[str] | None = None) -> int:
         run_search,
     )
 
-    storage = args.storage or default_storage()
+    storage = storage or default_storage()
     opts = SearchOptions(
-        name=args.name or Path(args.space).stem,
+        name=name,
         storage=storage if is_uri(storage) else str(Path(storage).expanduser().resolve()),
-        run_dir=args.run_dir,
+        run_dir=run_dir,
         address=args.address,
-        resume=args.resume,
+        resume=args.resume or bool(args.confirm),
         num_samples=args.num_samples,
         max_concurrent=args.max_concurrent,
         cpus_per_trial=args.cpus_per_trial,
@@ -190,8 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         verbose=1 if args.verbose else 0,
         progress=not args.quiet,
         retry_failed=args.retry_failed,
+        confirm_seeds=args.confirm_seeds,
     )
     opts = pin_run_dir(opts)  # absolute from here on; run_search keeps it
+    if args.confirm:
+        check_confirmable(space, opts, args.confirm)
     try:
         table = run_search(space, opts)
     except SearchStopped as stop:  # nothing scored or written: the search goes on with this
@@ -201,9 +302,79 @@ def main(argv: list[str] | None = None) -> int:
     if failure:  # exit code 1: the input was fine, the run was not (a Ray job reads FAILED)
         print(f"error: {failure} (details: {local_run_dir(opts)})", file=sys.stderr)
         return 1
-    print_best(table, space.tune.metric)
+    print_best(table, space.tune.metric, local_run_dir(opts))
+    print_confirmation(local_run_dir(opts))
     print_places(space, local_run_dir(opts))
     return 0
+
+
+def search_target(args):
+    """The space, and the search's name, storage (None: the default) and run directory:
+    from the flags, or with --confirm from the run directory's search.json."""
+    from search.space import load_space
+
+    if args.confirm:
+        space, meta = confirm_target(args.confirm)
+        return space, meta["name"], meta["storage"], meta["run_dir"]
+    overrides = parse_set_args(args.overrides)
+    sets = list(overrides)
+    if args.data_root:
+        overrides["data.root"] = str(Path(args.data_root).resolve())
+    space = load_space(args.space, overrides)
+    check_sets(space, sets)
+    return space, args.name or Path(args.space).stem, args.storage, args.run_dir
+
+
+def confirm_target(run_dir: str):
+    """The space and the recorded settings (search.json) of the search in ``run_dir``."""
+    import json
+
+    from search.space import load_space
+
+    meta_path = Path(run_dir).expanduser() / "search.json"
+    if not meta_path.is_file():
+        raise HandReIDError(
+            f"--confirm {run_dir}: not a run directory of handreid-search (no search.json)"
+        )
+    meta = json.loads(meta_path.read_text())
+    space_file = Path(meta.get("space_file") or meta["space"])
+    if not space_file.is_file():
+        raise HandReIDError(
+            f"--confirm {run_dir}: the search's space file {space_file} is gone; put it back"
+        )
+    recorded = Path(meta["run_dir"]).resolve()
+    if recorded != meta_path.parent.resolve():
+        raise HandReIDError(
+            f"--confirm {run_dir}: its search.json belongs to the run directory {recorded}"
+        )
+    return load_space(space_file, meta.get("fixed") or {}), meta
+
+
+def check_confirmable(space, opts, run_dir: str) -> None:
+    """A finished search (as Tune saved it), and seeds to confirm it with."""
+    from ray import tune
+
+    from search.confirm import confirm_seeds
+    from search.driver import experiment_path, read_search_meta, search_finished
+
+    path = experiment_path(opts)
+    meta = read_search_meta(Path(opts.run_dir))
+    try:
+        finished = tune.Tuner.can_restore(path) and search_finished(path, meta["num_samples"])
+    except Exception:  # no state Tune can read: not a search that ran
+        finished = False
+    if not finished:
+        raise HandReIDError(
+            f"--confirm {run_dir}: the search there has not finished; continue it with "
+            "--resume first"
+        )
+    if confirm_seeds(space, opts) == 0:
+        raise HandReIDError(
+            f"--confirm {run_dir}: {space.source} sets tune.confirm.seeds: 0; pass "
+            "--confirm-seeds N"
+        )
+    if space.tune.confirm.top_k == 0:
+        raise HandReIDError(f"--confirm {run_dir}: {space.source} sets tune.confirm.top_k: 0")
 
 
 if __name__ == "__main__":

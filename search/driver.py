@@ -1,7 +1,9 @@
 """The search driver: Ray Tune Tuner + Optuna TPE + ASHA, resume, and the post-search steps.
 
-After the search: ``trials.csv`` (every trial), the Optuna study (``study.db``), the top-k
-trials per backbone scored on the test protocol (the only time test data is read), and
+After the search: the confirmation stage (``search.confirm``: the top configurations
+trained again with more seeds), ``trials.csv`` (every trial and confirmation run), the
+Optuna study (``study.db``), test scoring (the only time test data is read: the confirmed
+winner's seeds, or without confirmation the top-k trials per backbone), and
 ``best/<backbone>/`` with the resolved config and checkpoint. A search stopped by Ctrl-C or
 SIGTERM raises ``SearchStopped`` instead and writes none of these: ``--resume`` goes on.
 """
@@ -48,15 +50,16 @@ class SearchOptions:
     verbose: int = 0  # 1: Ray Tune's live trial tables
     progress: bool = True  # a line per finished trial, and a progress bar on a terminal
     retry_failed: bool = False  # on resume, run errored trials again
+    confirm_seeds: int | None = None  # confirmation seeds (default: the space's tune.confirm)
 
 
 class SearchStopped(Exception):
     """A signal stopped the search before it finished; Tune saved its state for ``--resume``."""
 
-    def __init__(self, signum: int, path: str):
+    def __init__(self, signum: int, path: str, stage: str = "search"):
         self.signum, self.path = signum, path
         name = signal.Signals(signum).name
-        super().__init__(f"stopped by {name} before the search finished (state saved in {path})")
+        super().__init__(f"stopped by {name} before the {stage} finished (state saved in {path})")
 
     @property
     def exit_code(self) -> int:
@@ -205,7 +208,9 @@ def trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def make_trainable(space: SearchSpace, opts: SearchOptions, run_dir: Path):
+def make_trainable(space: SearchSpace, opts: SearchOptions, run_dir: Path, fn=None):
+    """The search's trainable (``fn``: another function with ``run_trial``'s signature, e.g.
+    the confirmation's), its resources, and what every run shares (the stage-1 cache)."""
     from ray import tune
 
     from search.trainable import run_trial
@@ -219,7 +224,9 @@ def make_trainable(space: SearchSpace, opts: SearchOptions, run_dir: Path):
     if gpus == 0:
         extra["train.cpu"] = True
     scratch = None if is_uri(opts.storage) else str(run_dir / SCRATCH)
-    trainable = tune.with_parameters(run_trial, space=space, extra=extra, scratch_root=scratch)
+    trainable = tune.with_parameters(
+        fn or run_trial, space=space, extra=extra, scratch_root=scratch
+    )
     return tune.with_resources(trainable, {"cpu": cpus, "gpu": gpus})
 
 
@@ -354,6 +361,8 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> pd.DataFrame:
     run_dir = local_run_dir(opts)
     if not (opts.resume and (run_dir / "search.json").is_file()):
         write_search_meta(space, opts)
+    from search.confirm import run_confirmation
+
     with stop_signals() as stop:
         if opts.resume:
             tuner = restore_tuner(space, opts, path)
@@ -364,11 +373,12 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> pd.DataFrame:
             grid = tuner.fit()
         except KeyboardInterrupt:  # a second signal cut Tune's last state snapshot short
             grid = None
-    if grid is None or not search_finished(path, read_search_meta(run_dir)["num_samples"]):
-        raise SearchStopped(stop.signum, path)
+        if grid is None or not search_finished(path, read_search_meta(run_dir)["num_samples"]):
+            raise SearchStopped(stop.signum, path)
+        confirmed = run_confirmation(space, opts, grid, stop)  # None: confirmation off
     if is_uri(opts.storage):
         mirror_results(path, run_dir)
-    return finish(space, opts, grid)
+    return finish(space, opts, grid, confirmed)
 
 
 def restore_tuner(space: SearchSpace, opts: SearchOptions, path: str):
@@ -441,6 +451,7 @@ def align_search_state(path: str, trials: list) -> None:
         len(trials),
     )
     state["counter"] = len(trials)
+    state["finished"] = False  # trials the list lacks are to be created again
     if limiter:
         limiter["live_trials"] = live
         limiter["num_unfinished_live_trials"] = len(live)
@@ -576,8 +587,9 @@ def mirror_results(uri: str, local: Path) -> None:
                 (local / rel).write_bytes(src.read())
 
 
-# read anew on resume; the rest of the tune block lives on in Tune's pickled state
-HONOURED_ON_RESUME = ("cpus_per_trial", "gpus_per_trial")
+# read anew on resume; the rest of the tune block lives on in Tune's pickled state (the
+# confirmation runs after the search, in experiments of its own: see search.confirm)
+HONOURED_ON_RESUME = ("cpus_per_trial", "gpus_per_trial", "confirm")
 
 
 def search_meta(space: SearchSpace, opts: SearchOptions) -> dict[str, Any]:
@@ -587,6 +599,7 @@ def search_meta(space: SearchSpace, opts: SearchOptions) -> dict[str, Any]:
     return {
         "name": opts.name,
         "space": space.source,
+        "space_file": str(Path(space.source).resolve()),  # for `--confirm RUN_DIR`
         "storage": opts.storage,
         "run_dir": str(local_run_dir(opts)),
         "metric": t.metric,
@@ -656,39 +669,53 @@ def backbone_choices(space: SearchSpace) -> list[str]:
 
 
 def trial_rows(space: SearchSpace, grid) -> list[dict[str, Any]]:
-    from search.optuna_search import ending
-
+    """One row per search trial (its own configuration: ``config_id`` is its trial id)."""
     rows = []
     for result in grid:
-        metrics = result.metrics or {}
-        kind, reason = ending(metrics, result.error is not None)
-        if result.error is not None:
-            reason = f"error: {str(result.error).strip().splitlines()[-1][:200]}"
-        history = result.metrics_dataframe
-        seconds = (
-            float(history["epoch_seconds"].sum())
-            if history is not None and ("epoch_seconds" in history)
-            else 0.0
-        )
-        params = {config_key(k): v for k, v in (result.config or {}).items()}
-        params.pop("model.backbone", None)  # the backbone column says it
-        cfg = space.trial_config(result.config or {})
-        rows.append(
-            {
-                "trial_id": metrics.get("trial_id") or Path(result.path).name,
-                "backbone": cfg.model.backbone,
-                **params,
-                "status": kind,
-                "pruned_at_epoch": metrics.get("epoch") if kind == "pruned" else None,
-                "fail_reason": reason,
-                "epochs": metrics.get("epoch", 0),
-                f"best_{space.tune.metric}": metrics.get("objective"),
-                "best_epoch": metrics.get("best_epoch"),
-                "train_seconds": round(seconds, 2),
-                "path": result.path,
-            }
-        )
+        row = trial_row(space, result, result.config or {})
+        rows.append({**row, "role": "search", "config_id": row["trial_id"]})
     return rows
+
+
+def search_table(space: SearchSpace, grid) -> pd.DataFrame:
+    """The search's trials, best first."""
+    table = pd.DataFrame(trial_rows(space, grid))
+    metric = f"best_{space.tune.metric}"
+    return table.sort_values(metric, ascending=space.tune.mode == "min", na_position="last")
+
+
+def trial_row(space: SearchSpace, result, params: dict[str, Any]) -> dict[str, Any]:
+    """A Tune result as a trials.csv row; ``params``: the trial's parameters (Optuna names)."""
+    from search.optuna_search import ending
+
+    metrics = result.metrics or {}
+    kind, reason = ending(metrics, result.error is not None)
+    if result.error is not None:
+        reason = f"error: {str(result.error).strip().splitlines()[-1][:200]}"
+    history = result.metrics_dataframe
+    seconds = (
+        float(history["epoch_seconds"].sum())
+        if history is not None and ("epoch_seconds" in history)
+        else 0.0
+    )
+    columns = {config_key(k): v for k, v in params.items()}
+    columns.pop("model.backbone", None)  # the backbone column says it
+    columns.pop("train.seed", None)  # the train_seed column says it
+    cfg = space.trial_config(params)
+    return {
+        "trial_id": metrics.get("trial_id") or Path(result.path).name,
+        "backbone": cfg.model.backbone,
+        **columns,
+        "status": kind,
+        "pruned_at_epoch": metrics.get("epoch") if kind == "pruned" else None,
+        "fail_reason": reason,
+        "epochs": metrics.get("epoch", 0),
+        f"best_{space.tune.metric}": metrics.get("objective"),
+        "best_epoch": metrics.get("best_epoch"),
+        "train_seconds": round(seconds, 2),
+        "path": result.path,
+        "train_seed": cfg.train.seed,
+    }
 
 
 def set_aside_orphans(run_dir: Path, grid) -> int:
@@ -709,25 +736,38 @@ def set_aside_orphans(run_dir: Path, grid) -> int:
     return len(orphans)
 
 
-def finish(space: SearchSpace, opts: SearchOptions, grid) -> pd.DataFrame:
+TEST_COLUMNS = (
+    "test_rank1",
+    "test_rank5",
+    "test_rank10",
+    "test_mAP",
+    "test_rank1_std",
+    "test_rank5_std",
+    "test_rank10_std",
+    "test_mAP_std",
+    "test_error",
+)
+
+
+def finish(space: SearchSpace, opts: SearchOptions, grid, confirmed=None) -> pd.DataFrame:
+    """The wrap-up. ``confirmed``: the confirmation runs (``search.confirm``), or None when
+    confirmation is off: then the top-k trials per backbone are scored, as before it."""
+    from search import confirm
+
     run_dir = local_run_dir(opts)
     set_aside_orphans(run_dir, grid)
-    table = pd.DataFrame(trial_rows(space, grid))
-    metric = f"best_{space.tune.metric}"
-    table = table.sort_values(metric, ascending=space.tune.mode == "min", na_position="last")
+    table = search_table(space, grid)
     results = {Path(r.path).name: r for r in grid}
-    tests = evaluate_top_k(space, opts, table, results, run_dir)
-    for col in (
-        "test_rank1",
-        "test_rank5",
-        "test_rank10",
-        "test_mAP",
-        "test_rank1_std",
-        "test_rank5_std",
-        "test_rank10_std",
-        "test_mAP_std",
-        "test_error",
-    ):
+    keep = set(top_k(table, max(space.tune.top_k, space.tune.confirm.top_k))["trial_id"])
+    if confirmed is None:
+        confirm.drop_summary(run_dir)
+        tests = evaluate_top_k(space, opts, table, results, run_dir)
+    else:
+        table = pd.concat([table, confirm.run_table(space, confirmed)], ignore_index=True)
+        tests = confirm.wrap_up(space, opts, table, results, confirmed, run_dir)
+        keep |= confirm.kept_states(table, confirmed)
+    drop_scratch(opts, keep)
+    for col in TEST_COLUMNS:
         table[col] = [tests.get(t, {}).get(col.removeprefix("test_")) for t in table["trial_id"]]
     fail_lost_trials(run_dir)  # none left after a resume, unless a tell failed
     write_table(table, run_dir / "trials.csv")
@@ -766,15 +806,18 @@ def evaluate_top_k(space, opts, table, results, run_dir: Path) -> dict[str, dict
         if cfg.model.backbone not in best_seen:  # the first pick per backbone is its best
             best_seen.add(cfg.model.backbone)
             folder = run_dir / "best" / cfg.model.backbone
-            save_best(folder, cfg, checkpoint, scratch_root(opts), out[trial_id], trial_id)
-    drop_scratch(opts, keep=set(picks["trial_id"]))
+            doc = {"trial_id": trial_id, "confirmed": False, **out[trial_id]}
+            save_best(folder, cfg, checkpoint, scratch_root(opts), doc)
     return out
 
 
 def top_k(table: pd.DataFrame, k: int) -> pd.DataFrame:
     """The ``k`` trials per backbone the wrap-up scores, best first: complete trials by the
     objective, then pruned ones (a trial ASHA stopped was judged worse at its rung, however
-    high its early value). ``table`` is sorted best first."""
+    high its early value). ``table`` is sorted best first; confirmation runs are not trials
+    of the search and are left out."""
+    if "role" in table:
+        table = table[table["role"] == "search"]
     usable = table[table["status"].isin(["complete", "pruned"])]
     usable = usable.sort_values("status", key=lambda s: s != "complete", kind="stable")
     return usable.groupby("backbone", sort=False).head(k)
@@ -800,7 +843,8 @@ def scratch_keeper(space: SearchSpace, opts: SearchOptions) -> list:
     from search.scratch import ScratchKeeper
 
     root = scratch_root(opts)
-    return [] if root is None else [ScratchKeeper(root, space.tune.top_k, space.tune.mode)]
+    keep = max(space.tune.top_k, space.tune.confirm.top_k)  # scored, or confirmed later
+    return [] if root is None else [ScratchKeeper(root, keep, space.tune.mode)]
 
 
 def scratch_root(opts: SearchOptions) -> str | None:
@@ -808,7 +852,8 @@ def scratch_root(opts: SearchOptions) -> str | None:
 
 
 def drop_scratch(opts: SearchOptions, keep: set[str]) -> None:
-    """After the wrap-up, only the top-k trials keep their best weights in scratch/."""
+    """After the wrap-up, only the top-k trials (and the runs of confirmed configurations)
+    keep their best weights in scratch/."""
     root = scratch_root(opts)
     if root is None or not Path(root).is_dir():
         return
@@ -827,17 +872,22 @@ def evaluate_checkpoint(cfg, checkpoint, scratch: str | None) -> dict:
     return {k: v for k, v in result.items()}
 
 
-def save_best(folder: Path, cfg, checkpoint, scratch, test: dict, trial_id: str) -> None:
+def save_best(folder: Path, cfg, checkpoint, scratch, doc: dict) -> None:
+    """``best/<backbone>/``: the resolved config, the best weights, the history and split of
+    the trial, and ``doc`` as test_metrics.json."""
     folder.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, folder / "config.yaml")
-    fetch_best(checkpoint, scratch, folder / "best.pt")
+    try:
+        fetch_best(checkpoint, scratch, folder / "best.pt")
+    except HandReIDError as err:  # e.g. freed by an earlier wrap-up: the rest still counts
+        log.warning("%s/best.pt not written: %s", folder, err)
     with checkpoint.as_directory() as src:
         for name in ("history.csv", "split.json"):
             if (Path(src) / name).is_file():
                 shutil.copyfile(Path(src) / name, folder / name)
-    (folder / "test_metrics.json").write_text(
-        json.dumps({"trial_id": trial_id, **test}, indent=2, default=float)
-    )
+    tmp = folder / "test_metrics.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=2, default=float))
+    tmp.replace(folder / "test_metrics.json")
 
 
 def fail_lost_trials(run_dir: Path, keep: set[str] = frozenset(), requeue: bool = False) -> int:

@@ -17,7 +17,8 @@ A space file has four sections::
         - {when: {model.backbone: tiny-rn}, type: int, low: -1, high: 4}
     start_points:                       # evaluated first; unlisted keys take the base value
       - {model.backbone: tiny-vit}
-    tune: {num_samples: 12, metric: val_mAP, mode: max, scheduler: {...}, resources: {...}}
+    tune: {num_samples: 12, metric: val_mAP, mode: max, scheduler: {...}, resources: {...},
+           confirm: {top_k: 3, seeds: 3}}  # retrain the top 3 per backbone with 3 more seeds
 
 Integer bounds are inclusive. A branch's Optuna parameter name is ``key`` when the key
 has one branch and ``key (cond=value)`` otherwise, as optuna-dashboard shows it;
@@ -94,6 +95,15 @@ class Param:
 
 
 @dataclass(frozen=True)
+class ConfirmSettings:
+    """After the search: the ``top_k`` configurations per backbone (by the objective) are
+    trained again with ``seeds`` more training seeds; ``seeds: 0`` turns this off."""
+
+    top_k: int = 3
+    seeds: int = 3
+
+
+@dataclass(frozen=True)
 class TuneSettings:
     num_samples: int = 12
     metric: str = "val_mAP"
@@ -113,6 +123,7 @@ class TuneSettings:
     # ASHA's rungs per value of this categorical key (when searched): trials are cut against
     # their own backbone's; null: one set of rungs for all
     bracket_by: str | None = "model.backbone"
+    confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
 
 
 @dataclass
@@ -432,6 +443,8 @@ def _parse_tune(doc: dict) -> TuneSettings:
         (tune.gpus_per_trial >= 0, "gpus_per_trial", "must be >= 0"),
         (tune.max_concurrent >= 1, "max_concurrent", "must be >= 1"),
         (tune.top_k >= 0, "top_k", "must be >= 0"),
+        (tune.confirm.top_k >= 0, "confirm.top_k", "must be >= 0"),
+        (tune.confirm.seeds >= 0, "confirm.seeds", "must be >= 0 (0: no confirmation)"),
     ]
     for ok, key, message in checks:
         if not ok:

@@ -196,10 +196,18 @@ def history_after(out: Path, epoch: int, space: SearchSpace) -> list[dict[str, A
 
 
 def run_trial(
-    params: dict[str, Any], *, space: SearchSpace, extra: dict[str, Any], scratch_root: str | None
+    params: dict[str, Any],
+    *,
+    space: SearchSpace,
+    extra: dict[str, Any],
+    scratch_root: str | None,
+    state_key: str | None = None,
 ) -> None:
     """One trial. With ``scratch_root``, epoch states are kept as Tune keeps checkpoints:
-    the ``tune.checkpoints_to_keep`` newest, and the best epoch each of them names."""
+    the ``tune.checkpoints_to_keep`` newest, and the best epoch each of them names.
+    ``state_key`` names the state folder (default: the Tune trial id); the confirmation
+    names it after the run (configuration and seed), so that a run Tune has to create again
+    after a driver crash finds the state of the one it replaces."""
     import ray
     from ray import tune
 
@@ -209,7 +217,7 @@ def run_trial(
     cfg = space.trial_config(params, extra)
     warmup = warmup_epochs(cfg.optim.scheduler, cfg.optim.warmup_epochs, cfg.train.epochs)
     ctx = tune.get_context()
-    out = state_dir(scratch_root, ctx.get_experiment_name(), ctx.get_trial_id())
+    out = state_dir(scratch_root, ctx.get_experiment_name(), state_key or ctx.get_trial_id())
     checkpoint = tune.get_checkpoint()
     if restore_into(out, checkpoint):  # ended before a driver crash: replay its end to Tune
         extra_cols = {"backbone": cfg.model.backbone, "warmup_epochs": warmup}

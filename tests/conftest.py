@@ -199,6 +199,7 @@ def small_space(
                 "max_epochs": max_epochs,
             },
             "resources": {"cpus": 1, "gpus": 0},
+            "confirm": {"top_k": 1, "seeds": 0},  # no confirmation stage unless a test asks
             **(tune or {}),
         },
     }

@@ -36,23 +36,39 @@ def test_the_demo_searches_learns_and_reports_both_backbones(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     run_dir = tmp_path / "runs" / "demo"
-    table = pd.read_csv(run_dir / "trials.csv")
+    trials = pd.read_csv(run_dir / "trials.csv")
+    table = trials[trials["role"] == "search"]
     assert len(table) >= 24 and set(table["backbone"]) == {"tiny-vit", "tiny-rn"}
     assert (table["status"] == "pruned").any()
     for backbone, part in table.groupby("backbone"):
         # tune.balance: 12 trials each; ASHA with reduction factor 2 lets about half go on
-        # (a third or more in the runs measured). Which half depends on the order trials
-        # report in, so the bound leaves room for a loaded machine.
+        # (7-9 of 12 in the runs measured); the issue asks for a third
         assert len(part) == 12, backbone
-        assert (part["status"] == "complete").sum() >= 3, backbone
+        assert (part["status"] == "complete").sum() >= 4, backbone
 
-    # the terminal: one line per trial, the best complete trial per backbone, and where
-    # the data, the run and the report are; none of Ray's per-trial status tables
+    # confirmation: each backbone's best 2 configurations with 2 more seeds, the winner's
+    # 3 seeds scored on test, and the verdict
+    confirm = pd.read_csv(run_dir / "confirm.csv")
+    assert sorted(confirm.groupby("backbone").size()) == [2, 2]
+    assert (confirm["runs"] == 3).all() and confirm["winner"].sum() == 2
+    runs = trials[trials["role"] == "confirm"]
+    assert len(runs) == 8 and set(runs["config_id"]) == set(confirm["config_id"])
+    for backbone in ("tiny-vit", "tiny-rn"):
+        best = json.loads((run_dir / "best" / backbone / "test_metrics.json").read_text())
+        assert best["confirmed"] and len(best["seeds"]) == 3
+        assert all(len(seed["per_split"]) == 10 for seed in best["seeds"])
+
+    # the terminal: one line per trial and per confirmation run, the best complete trial per
+    # backbone, the verdict, and where the data, the run and the report are; none of Ray's
+    # per-trial status tables
     lines = out.stdout.splitlines()
     assert sum(line.startswith("trial ") for line in lines) == len(table)
+    assert sum(line.startswith("confirm ") for line in lines) == len(runs)
     assert "Trial status" not in out.stdout and "Trial status" not in out.stderr
-    best = lines[lines.index(next(x for x in lines if x.startswith("best trial"))) + 2 :][:2]
-    assert all(" complete " in row for row in best), best
+    assert any(
+        (" is better than " in line or " not distinguishable " in line) and "95% CI" in line
+        for line in lines
+    ), out.stdout[-2000:]
     for place in ("data:", "run directory:", "report:", "dashboard:"):
         assert any(line.startswith(place) for line in lines), place
     study = json.loads((run_dir / "search.json").read_text())
@@ -83,6 +99,7 @@ def test_the_demo_searches_learns_and_reports_both_backbones(tmp_path):
         assert bars.count('class="point"') >= 2, name
         assert "tiny-vit" in body and "tiny-rn" in body, name
     # a parallel-coordinates plot per backbone, together at least 8 lines
+    assert any(n.startswith("confirmation") for n in sections), list(sections)
     parallel = [sections[n] for n in sections if n.startswith("parallel")]
     assert len(parallel) == 2
     assert sum(body.count('class="js-line"') for body in parallel) >= 8
