@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,12 +49,14 @@ def one_search(seed: int, folder: Path) -> dict:
 
     space = seeded_space(seed, folder)
     cmd = [sys.executable, "-m", "search.cli", "--space", str(space), "--quiet"]
+    start = time.perf_counter()
     cmd += ["--storage", str(folder / "runs"), "--name", f"seed{seed}"]
     subprocess.run(cmd, check=True, cwd=folder, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
     run_dir = folder / "runs" / f"seed{seed}"
     confirm = pd.read_csv(run_dir / "confirm.csv")
     trials = pd.read_csv(run_dir / "trials.csv")
-    out = {"seed": seed, "backbones": {}}
+    out = {"seed": seed, "wall_seconds": wall, "backbones": {}}
     for backbone, part in confirm.groupby("backbone"):
         single = part.sort_values("search_val", ascending=False).iloc[0]
         confirmed = part.sort_values("val_mean", ascending=False).iloc[0]
@@ -66,6 +69,10 @@ def one_search(seed: int, folder: Path) -> dict:
             "single_mean": float(single["val_mean"]),
             "confirmed_mean": float(confirmed["val_mean"]),
         }
+    search = trials[trials["role"] == "search"]
+    out["complete"] = {
+        b: int((part["status"] == "complete").sum()) for b, part in search.groupby("backbone")
+    }
     seconds = trials.groupby("role")["train_seconds"].sum()
     out["compute_fraction"] = float(seconds.get("confirm", 0.0) / seconds["search"])
     return out
@@ -89,6 +96,9 @@ def run(searches: int) -> None:
             f"(val mAP points); the single-seed winner's search value exceeds its own "
             f"multi-seed mean by {optimism.mean():.2f} on average"
         )
+    for backbone in sorted({b for r in rows for b in r["complete"]}):
+        done = [r["complete"].get(backbone, 0) for r in rows]
+        parts.append(f"{backbone} complete trials per search {min(done)}-{max(done)}: {done}")
     fraction = np.array([r["compute_fraction"] for r in rows])
     parts.append(
         f"confirmation compute / search compute {fraction.mean():.2f} "
