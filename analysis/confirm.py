@@ -493,7 +493,8 @@ def verdicts(
     if len(conf.backbones) == 2:
         pairs = [(scored[0], scored[1])]
     else:
-        best = max(scored, key=lambda b: conf.winners[b].scores("mAP").mean())
+        # the reference is chosen on validation, as everything else: never by a test score
+        best = max(scored, key=lambda b: conf.winners[b].val_mean)
         pairs = [(best, b) for b in scored if b != best]
     for a, b in pairs:
         diffs = {

@@ -107,8 +107,10 @@ def check_args(args) -> None:
         raise HandReIDError(f"--name may use letters, digits, '.', '_' and '-' only: {args.name!r}")
     if args.data_root and not Path(args.data_root).is_dir():
         raise HandReIDError(f"--data-root {args.data_root}: not a folder")
-    if args.retry_failed and not (args.resume or args.confirm):
+    if args.retry_failed and not args.resume:
         raise HandReIDError("--retry-failed applies to --resume only")
+    if args.retry_failed and args.confirm:  # it would rerun failed trials of a finished search
+        raise HandReIDError("--retry-failed and --confirm: resume the search first, then confirm")
 
 
 def check_sets(space, keys) -> None:
@@ -336,8 +338,14 @@ def confirm_target(run_dir: str):
         raise HandReIDError(
             f"--confirm {run_dir}: not a run directory of handreid-search (no search.json)"
         )
-    meta = json.loads(meta_path.read_text())
-    space_file = Path(meta.get("space_file") or meta["space"])
+    try:
+        meta = json.loads(meta_path.read_text())
+        space_file = Path(meta.get("space_file") or meta["space"])
+        meta["name"], meta["storage"], meta["run_dir"]
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise HandReIDError(
+            f"--confirm {run_dir}: its search.json is unreadable ({err!r})"
+        ) from None
     if not space_file.is_file():
         raise HandReIDError(
             f"--confirm {run_dir}: the search's space file {space_file} is gone; put it back"

@@ -137,7 +137,8 @@ def wanted_runs(space: SearchSpace, table: pd.DataFrame, results: dict, seeds: i
     more seeds, seed by seed (an interrupted confirmation has seeds of every config)."""
     from search.driver import top_k
 
-    picks = top_k(table, space.tune.confirm.top_k)
+    # complete trials only: a pruned trial's early best is no seed of a full-length run
+    picks = top_k(table[table["status"] == "complete"], space.tune.confirm.top_k)
     configs = []
     for trial_id, path in zip(picks["trial_id"], picks["path"]):
         params = dict(results[Path(path).name].config or {})
@@ -212,9 +213,31 @@ def run_confirmation(space: SearchSpace, opts, grid, stop) -> list[tuple[Run, An
     results = {Path(r.path).name: r for r in grid}
     wanted = wanted_runs(space, search_table(space, grid), results, seeds)
     if not wanted:  # no trial ended well: nothing to confirm
-        log.warning("confirmation: no complete or pruned trial to confirm")
+        log.warning("confirmation: no complete trial to confirm")
         return None
     rounds = read_rounds(experiment)
+    base: dict[str, int] = {}  # each configuration's search seed (its seed 1 comes first)
+    for run in wanted:
+        base.setdefault(run.config_id, run.train_seed - 1)
+    most = max(
+        (
+            r.train_seed - base[r.config_id]
+            for _, runs in rounds
+            for r in runs
+            if r.config_id in base
+        ),
+        default=0,
+    )
+    if most > seeds:  # every configuration is compared over the same seeds
+        log.warning(
+            "confirmation: %d seeds asked, but %d already ran for some configuration: "
+            "every confirmed configuration gets %d",
+            seeds,
+            most,
+            most,
+        )
+        seeds = most
+        wanted = wanted_runs(space, search_table(space, grid), results, seeds)
     planned = {r.key for _, runs in rounds for r in runs}
     missing = [r for r in wanted if r.key not in planned]
     if missing:

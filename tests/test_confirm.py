@@ -381,3 +381,29 @@ def test_fixed_runs_are_served_once_each_and_a_restore_trusts_the_saved_trial_li
     again = [searcher.suggest(str(i)) for i in range(3)]
     assert [(r["config_id"], r["train_seed"]) for r in again[:2]] == [("b", 1), ("a", 2)]
     assert again[2] == Searcher.FINISHED
+
+
+def test_only_complete_trials_are_confirmed_each_over_the_same_seeds():
+    """A pruned trial's early best is no seed of a full-length run: never confirmed, however
+    high; every confirmed configuration gets seeds base+1 .. base+N."""
+    from types import SimpleNamespace
+
+    from search.confirm import wanted_runs
+    from search.space import load_space
+
+    space = load_space(Path(__file__).resolve().parents[1] / "spaces" / "demo.yml")
+    rows = [  # best first, as the search's table is sorted
+        ("p", "tiny-vit", "pruned", 40.0),
+        ("a", "tiny-vit", "complete", 30.0),
+        ("f", "tiny-rn", "failed", None),
+        ("r", "tiny-rn", "complete", 50.0),
+    ]
+    table = pd.DataFrame(rows, columns=["trial_id", "backbone", "status", "best_val_mAP"])
+    table["path"] = [f"/x/trial_{t}" for t in table["trial_id"]]
+    results = {f"trial_{t}": SimpleNamespace(config={"model.backbone": b}) for t, b, *_ in rows}
+    runs = wanted_runs(space, table, results, seeds=2)  # the demo confirms its top 2
+    assert sorted({r.config_id for r in runs}) == ["a", "r"]
+    seed = space.trial_config({}).train.seed
+    assert sorted((r.config_id, r.train_seed) for r in runs) == [
+        (c, seed + k) for c in ("a", "r") for k in (1, 2)
+    ]
