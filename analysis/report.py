@@ -204,19 +204,21 @@ def _status_line(data: RunData, confirmed: bool) -> str:
     counts = data.trials["status"].value_counts().to_dict()
     state = "finished" if data.finished else "in progress (finished trials only)"
     parts = ", ".join(f"{n} {s}" for s, n in counts.items())
-    confirm = (
-        f" The confirmation stage's {data.confirm_runs} runs (top configurations retrained "
-        "with other seeds) are not counted as trials."
-        if data.confirm_runs
-        else ""
-    )
-    if not confirmed and data.finished:
-        confirm += " No confirmation stage: each test score is from one training seed."
+    if confirmed:
+        scored = (
+            "for every seed of each backbone's confirmed winner, after the search and its "
+            "confirmation (the top configurations retrained with other seeds; those runs are "
+            "not counted as trials)."
+        )
+    else:
+        scored = "for the top trials per backbone, after the search."
+        if data.finished:
+            scored += " No confirmation stage: each test score is from one training seed."
     return (
         f"Runs: {', '.join(map(html.escape, data.runs))}. Objective: validation "
         f"{html.escape(data.metric)} ({data.mode}). {len(data.trials)} trials ({parts}); "
         f"search {state}. Test metrics (mean ± std over 10 query/gallery splits) are "
-        f"computed only for the top trials per backbone, after the search.{confirm}"
+        f"computed only {scored}"
     )
 
 

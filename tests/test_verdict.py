@@ -77,8 +77,11 @@ def seed_docs(trial_ids, x: np.ndarray) -> list[dict]:
     return out
 
 
-def winner(backbone: str, x: np.ndarray, run: str = "r", rank1_below: float = 5.0) -> Winner:
-    """A winner whose seeds score ``x`` (test mAP) and Rank-1 ``rank1_below`` lower."""
+def winner(
+    backbone: str, x: np.ndarray, run: str = "r", rank1_below: float = 5.0, val: float = 70.0
+) -> Winner:
+    """A winner whose seeds score ``x`` (test mAP) and Rank-1 ``rank1_below`` lower, with
+    mean validation ``val``."""
     seeds = [
         SeedScore(
             f"{backbone}{k}",
@@ -88,7 +91,7 @@ def winner(backbone: str, x: np.ndarray, run: str = "r", rank1_below: float = 5.
         )
         for k, row in enumerate(np.asarray(x, dtype=float))
     ]
-    return Winner(backbone, f"{backbone}-cfg", run, f"{backbone}-cfg", 70.0, 1.0, seeds)
+    return Winner(backbone, f"{backbone}-cfg", run, f"{backbone}-cfg", val, 1.0, seeds)
 
 
 def confirmation(winners: dict[str, Winner]) -> Confirmation:
@@ -336,8 +339,13 @@ def test_more_than_two_backbones_compare_the_best_with_each_other():
     shared = rng.normal(0, 2.0, 10)
     x = scores(3, mean=86.0, split_effect=shared, rng=rng)
     a = scores(3, mean=78.0, split_effect=shared, rng=rng)
-    # C: B's seeds in another order, 0.1 lower: B is the best, C not told apart from it
-    ws = {"A": winner("A", a), "B": winner("B", x), "C": winner("C", x[::-1] - 0.1)}
+    # C: B's seeds in another order, 0.1 lower: B is the best (on validation: the reference
+    # is never chosen by a test score), C not told apart from it
+    ws = {
+        "A": winner("A", a, val=60.0),
+        "B": winner("B", x, val=62.0),
+        "C": winner("C", x[::-1] - 0.1, val=61.0),
+    }
     out = verdicts(confirmation(ws))
     assert [(v.a, v.b) for v in out] == [("B", "A"), ("B", "C")]
     assert out[0].text.startswith("B is better than A")
@@ -462,7 +470,7 @@ def test_report_and_comparison_md_hold_the_confirmation(tmp_path):
     assert not {"True", "False", "None", "nan", "<NA>"} & set(cells)
     assert "yes" in cells and "—" in cells
     assert "16 trials (12 complete, 4 pruned)" in page
-    assert "confirmation stage's 12 runs" in page
+    assert "every seed of each backbone's confirmed winner" in page
     md = (out / "comparison.md").read_text()
     confirm_md = md.split("## Confirmation", 1)[1]
     assert verdict.text in confirm_md and "| backbone | configuration (search trial) |" in md
