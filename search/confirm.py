@@ -334,6 +334,9 @@ def confirm_tuner(space: SearchSpace, opts, name: str, runs: list[Run], trainabl
         num_samples=len(runs),  # no scheduler: FIFO, every run to its end
         trial_name_creator=trial_name,
         trial_dirname_creator=trial_name,
+        # one process serves trial after trial: no actor start, torch and open_clip import
+        # per trial (the demo's 24 trials: 96 s instead of about 170 s on 2 cores)
+        reuse_actors=True,
     )
     run_config = tune.RunConfig(
         name=name,
