@@ -380,6 +380,7 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> pd.DataFrame:
             raise SearchStopped(stop.signum, path)
         confirmed = run_confirmation(space, opts, grid, stop)  # None: confirmation off
     if is_uri(opts.storage):
+        set_aside_stored_orphans(path, grid)
         mirror_results(path, run_dir)
     return finish(space, opts, grid, confirmed)
 
@@ -750,6 +751,37 @@ TEST_COLUMNS = (
     "test_mAP_std",
     "test_error",
 )
+
+
+def set_aside_stored_orphans(uri: str, grid) -> int:
+    """``set_aside_orphans`` on URI storage: trial folders of the experiment that Tune no
+    longer knows move to ``orphaned/`` there (where the store cannot move a folder, they stay,
+    with a warning)."""
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(uri)
+    known = {Path(r.path).name for r in grid}
+    selector = pyarrow.fs.FileSelector(root, allow_not_found=True)
+    orphans = [
+        info.base_name
+        for info in fs.get_file_info(selector)
+        if info.type == pyarrow.fs.FileType.Directory
+        and info.base_name.startswith("trial_")
+        and info.base_name not in known
+    ]
+    for name in orphans:
+        try:
+            fs.create_dir(f"{root}/orphaned", recursive=True)
+            fs.move(f"{root}/{name}", f"{root}/orphaned/{name}")
+        except OSError as err:
+            log.warning("trial folder %s unknown to the resumed search stays: %s", name, err)
+    if orphans:
+        log.warning(
+            "moved %d trial folders unknown to the resumed search to %s/orphaned",
+            len(orphans),
+            uri,
+        )
+    return len(orphans)
 
 
 def finish(space: SearchSpace, opts: SearchOptions, grid, confirmed=None) -> pd.DataFrame:

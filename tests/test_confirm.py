@@ -58,6 +58,11 @@ def study_attrs(run_dir: Path, name: str) -> dict[str, dict]:
     return {t.user_attrs["ray_trial_id"]: t.user_attrs for t in study.trials}
 
 
+def no_rung(epochs: int) -> dict:
+    """ASHA settings without a rung before ``epochs``: no trial is pruned."""
+    return {"type": "asha", "grace_period": epochs, "reduction_factor": 2, "max_epochs": epochs}
+
+
 def histories(run_dir: Path) -> dict[str, str]:
     """Each confirmation run's history.csv in its state folder (named after the run): a run
     trained again rewrites it, with other epoch timings."""
@@ -97,7 +102,9 @@ def test_a_search_confirms_its_top_configurations_and_scores_the_winners_seeds(
             {"model.backbone": "tiny-rn", "optim.lr_visual": 2e-3},
             {"model.backbone": "tiny-vit", "optim.lr_visual": 1e-3},
         ],
-        tune={"confirm": {"top_k": 2, "seeds": 2}},
+        # no rung: every search trial completes, so each is a candidate (only complete
+        # trials are confirmed)
+        tune={"confirm": {"top_k": 2, "seeds": 2}, "scheduler": no_rung(2)},
     )
     args = ["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "a"]
     code, out, err = search(args, capsys)
@@ -195,7 +202,7 @@ def test_a_driver_killed_during_confirmation_resumes_losing_and_repeating_no_run
         fixed={"data.synth.ids": 16, "model.backbone": "tiny-rn"},
         search=RN_ONLY,
         start_points=[{"optim.lr_visual": 3e-3}, {"optim.lr_visual": 1e-3}],
-        tune={"confirm": {"top_k": 2, "seeds": 2}},
+        tune={"confirm": {"top_k": 2, "seeds": 2}, "scheduler": no_rung(3)},
     )
     cmd = search_command(space, tmp_path / "runs", "k")
     run_dir = tmp_path / "runs" / "k"

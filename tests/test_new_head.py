@@ -63,3 +63,20 @@ def test_a_killed_uri_search_resumes_on_a_new_head(tmp_path):
         duplicated_trials=0,
         epochs_replayed=replayed_epochs(after),
     )
+
+
+def test_trial_folders_unknown_to_the_search_move_aside_on_the_storage(tmp_path):
+    """A killed driver can leave a trial folder on the storage that its saved state never
+    knew (the resumed search runs that configuration under a new id): it moves to
+    orphaned/, as set_aside_orphans does with a folder as storage."""
+    from types import SimpleNamespace
+
+    from search.driver import set_aside_stored_orphans
+
+    for name in ("trial_known", "trial_orphan", "confirm-1"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "result.json").write_text("{}\n")
+    grid = [SimpleNamespace(path=str(tmp_path / "trial_known"))]
+    assert set_aside_stored_orphans(tmp_path.as_uri(), grid) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["confirm-1", "orphaned", "trial_known"]
+    assert (tmp_path / "orphaned" / "trial_orphan" / "result.json").is_file()
