@@ -9,7 +9,7 @@ The verdict compares two winners by the difference of their test metrics, mean o
 x splits, with a bootstrap interval: each replicate resamples the seeds of each backbone
 independently and the split indices jointly for both (the splits are the same
 query/gallery splits for every backbone: a paired design). The replicates give the spread;
-the interval is t-corrected for the few seeds (see :func:`bootstrap_difference`).
+the interval is t-corrected for the few seeds (see :func:`bootstrap_interval`).
 """
 
 from __future__ import annotations
@@ -320,24 +320,6 @@ class Difference:
     @property
     def excludes_zero(self) -> bool:
         return self.low > 0 or self.high < 0
-
-
-def bootstrap_difference(
-    a: np.ndarray,
-    b: np.ndarray,
-    *,
-    replicates: int = REPLICATES,
-    seed: int = SEED,
-    paired: bool = True,
-    level: float = LEVEL,
-) -> tuple[float, float, float]:
-    """Mean of ``a`` minus mean of ``b`` (each a seeds x splits array) and its bootstrap
-    interval, t-corrected for few seeds; :func:`bootstrap_interval` also gives its degrees
-    of freedom."""
-    value, low, high, _ = bootstrap_interval(
-        a, b, replicates=replicates, seed=seed, paired=paired, level=level
-    )
-    return value, low, high
 
 
 def bootstrap_interval(

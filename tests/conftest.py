@@ -222,3 +222,14 @@ def record_fault(fault: str, **facts) -> None:
 def replayed_epochs(results: dict[str, list[dict]]) -> int:
     """Result rows beyond one per (trial, epoch): epochs run again after a stop or crash."""
     return sum(len(rows) - len({r["epoch"] for r in rows}) for rows in results.values())
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray for the tests of a module that run searches in this process."""
+    import ray
+
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import optuna
@@ -23,16 +22,6 @@ from tests.conftest import (
 )
 
 RN_ONLY = {"optim.lr_visual": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def search(args: list[str], capsys) -> tuple[int, str, str]:
