@@ -177,6 +177,7 @@ def build_tuner(space: SearchSpace, opts: SearchOptions):
         max_t=space.max_epochs,
         grace_period=t.grace_period,
         reduction_factor=t.reduction_factor,
+        brackets=t.brackets,  # > 1: asynchronous Hyperband, a hedge against late starters
         group_by=space.bracket_key(),  # e.g. rungs per backbone: cut against its own peers
     )
     tune_config = tune.TuneConfig(

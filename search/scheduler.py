@@ -14,9 +14,11 @@ import heapq
 import json
 import logging
 import math
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pyarrow.fs
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
@@ -46,7 +48,10 @@ class ResumableASHA(AsyncHyperBandScheduler):
     Tune's saved state) is stopped again at its first result at or past that result's
     epoch: its own rung record would make ASHA skip that rung and let it go on.
 
-    With several ``brackets`` a restored trial draws its bracket anew; the search uses one.
+    With several ``brackets`` (asynchronous Hyperband: bracket ``s`` has its first rung at
+    ``grace_period * reduction_factor**s``, the last none, a hedge against late starters)
+    a trial's bracket follows from its id, with Ray's odds (a bracket with more rungs takes
+    more trials), so a restored trial keeps its bracket; Ray draws it at random instead.
 
     Results inside a trial's warm-up (``in_warmup``) are not judged.
 
@@ -60,24 +65,34 @@ class ResumableASHA(AsyncHyperBandScheduler):
         self._rebuilt = False
         self._stopped_at: dict[str, float] = {}  # trial id -> time_attr Tune stopped it at
         self._group_by = group_by
-        self._groups: dict[Any, Any] = {}  # group value -> its rungs (an ASHA bracket)
-        self._empty_bracket = copy.deepcopy(self._brackets[0])  # each group's rungs start so
+        self._groups: dict[Any, list] = {}  # group value -> its brackets (rungs)
+        self._empty_brackets = copy.deepcopy(self._brackets)  # each group's rungs start so
+        sizes = np.array([len(b._rungs) for b in self._brackets])
+        odds = np.exp(sizes - sizes.max())  # Ray's odds of each bracket
+        self._bracket_cdf = np.cumsum(odds / odds.sum())
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
-        super().on_trial_add(tune_controller, trial)
-        if self._group_by is None:
-            return
-        group = (trial.config or {}).get(self._group_by)
-        if group not in self._groups:
-            self._groups[group] = copy.deepcopy(self._empty_bracket)
-        self._trial_info[trial.trial_id] = self._groups[group]
+        super().on_trial_add(tune_controller, trial)  # checks metric and mode
+        brackets = self._brackets
+        if self._group_by is not None:
+            group = (trial.config or {}).get(self._group_by)
+            if group not in self._groups:
+                self._groups[group] = copy.deepcopy(self._empty_brackets)
+            brackets = self._groups[group]
+        self._trial_info[trial.trial_id] = brackets[self.bracket_index(trial.trial_id)]
 
-    def rungs(self) -> dict[Any, list[tuple[float, dict]]]:
-        """Each group's rungs (milestone, {trial id: recorded value}); one None group
-        without ``group_by``."""
+    def bracket_index(self, trial_id: str) -> int:
+        """The trial's bracket, fixed by its id: the same after a restore."""
+        u = zlib.crc32(trial_id.encode()) / 2**32
+        index = int(np.searchsorted(self._bracket_cdf, u, side="right"))
+        return min(index, len(self._brackets) - 1)
+
+    def rungs(self, bracket: int = 0) -> dict[Any, list[tuple[float, dict]]]:
+        """Each group's rungs in one bracket (milestone, {trial id: recorded value}); one
+        None group without ``group_by``."""
         if self._group_by is None:
-            return {None: list(self._brackets[0]._rungs)}
-        return {g: list(b._rungs) for g, b in self._groups.items()}
+            return {None: list(self._brackets[bracket]._rungs)}
+        return {g: list(b[bracket]._rungs) for g, b in self._groups.items()}
 
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
         self._rebuild_once(tune_controller)  # before a restored trial starts again
@@ -116,7 +131,9 @@ class ResumableASHA(AsyncHyperBandScheduler):
                 fed,
                 len(trials),
                 len(self._stopped_at),
-                "; ".join(b.debug_str() for b in [*self._brackets, *self._groups.values()]),
+                "; ".join(
+                    b.debug_str() for b in [*self._brackets, *sum(self._groups.values(), [])]
+                ),
             )
 
 

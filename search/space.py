@@ -113,6 +113,9 @@ class TuneSettings:
     max_concurrent: int = 2
     grace_period: int = 2
     reduction_factor: int = 2
+    # asynchronous Hyperband: bracket s starts pruning at grace_period * reduction_factor**s;
+    # 1 is plain ASHA (bench.tabular replay chooses per space)
+    brackets: int = 1
     max_epochs: int | None = None  # default: the base config's train.epochs
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -434,6 +437,7 @@ def _parse_tune(doc: dict) -> TuneSettings:
         (tune.mode in ("max", "min"), "mode", "must be max or min"),
         (tune.grace_period >= 1, "grace_period", "must be >= 1"),
         (tune.reduction_factor >= 2, "reduction_factor", "must be >= 2"),
+        (tune.brackets >= 1, "brackets", "must be >= 1"),
         (
             tune.max_epochs is None or tune.max_epochs >= tune.grace_period,
             "max_epochs",

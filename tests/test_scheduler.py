@@ -152,13 +152,13 @@ class Search:
         self.running = deque(fresh[t.trial_id] for t in self.running)
 
 
-def pristine(cls=ResumableASHA) -> bytes:
+def pristine(cls=ResumableASHA, **settings) -> bytes:
     """The scheduler as tuner.pkl holds it: pickled when the Tuner was made, never run."""
-    return pickle.dumps(asha(cls))
+    return pickle.dumps(asha(cls, **settings))
 
 
-def interrupted(tmp_path: Path, at: int, cls=ResumableASHA, tick: int = 1) -> Search:
-    saved = pristine(cls)
+def interrupted(tmp_path: Path, at: int, cls=ResumableASHA, tick: int = 1, **settings) -> Search:
+    saved = pristine(cls, **settings)
     search = Search(pickle.loads(saved), tmp_path, tick).run(steps=at)
     search.restore(pickle.loads(saved))
     return search.run()
@@ -180,6 +180,16 @@ def test_after_a_resume_asha_prunes_as_an_uninterrupted_search(tmp_path, tick):
     full = Search(asha(), tmp_path / "full").run().log
     for at in range(1, len(full), 3):
         log = interrupted(tmp_path / f"at{at}", at, tick=tick).log
+        assert log == full, f"interrupted after {at} results"
+
+
+def test_hyperband_after_a_resume_prunes_as_an_uninterrupted_search(tmp_path):
+    """Three brackets: each trial keeps its bracket across the restore, so the decisions
+    are the same as without the interruption (Ray's random draw would move trials)."""
+    full = Search(asha(brackets=3), tmp_path / "full").run().log
+    assert {epoch for _, epoch in stops(full)} >= {1, 2}
+    for at in range(1, len(full), 3):
+        log = interrupted(tmp_path / f"at{at}", at, brackets=3).log
         assert log == full, f"interrupted after {at} results"
 
 
@@ -287,3 +297,43 @@ def test_no_rung_judges_a_trial_inside_its_warm_up(tmp_path):
     assert all("warm" not in recorded for _, recorded in sched.rungs()[None])
     assert report("peer", 4, 60.0) == CONTINUE
     assert report("warm", 4, 20.0, warmup=3.0) == STOP  # judged after the warm-up, and cut
+
+
+def test_hyperband_brackets_per_group_and_kept_across_a_restore(tmp_path):
+    """With three brackets (asynchronous Hyperband) each group has its own three: bracket s
+    starts judging at grace * rf**s, and a trial in the last one runs to the end however low
+    it scores. A trial's bracket follows from its id, so a restored scheduler puts it in the
+    same one; Ray's odds: the bracket with the most rungs takes the most trials."""
+    settings = {"max_t": 8, "grace_period": 2, "brackets": 3, "metric": "objective", "mode": "max"}
+    sched = asha(group_by="model.backbone", **settings)
+    assert [[m for m, _ in b._rungs] for b in sched._brackets] == [[8, 4, 2], [8, 4], [8]]
+    ids = [f"{i:08x}" for i in range(300)]
+    index = {tid: sched.bracket_index(tid) for tid in ids}
+    again = pickle.loads(pickle.dumps(asha(group_by="model.backbone", **settings)))
+    assert index == {tid: again.bracket_index(tid) for tid in ids}
+    counts = np.bincount(list(index.values()), minlength=3)
+    assert counts[0] > counts[1] > counts[2] > 0, counts  # odds 0.67, 0.24, 0.09
+
+    controller = Controller()
+    first = [t for t in ids if index[t] == 0]
+    peers = {"vit": first[:4], "rn": first[4:8]}
+    by_bracket = {0: first[8], 2: next(t for t in ids if index[t] == 2)}
+    for group, tids in peers.items():
+        for k, tid in enumerate(tids):  # four strong peers per group fill bracket-0 rungs
+            trial = make_trial(tid, str(tmp_path))
+            trial.config = {"model.backbone": group}
+            sched.on_trial_add(controller, trial)
+            assert sched._trial_info[tid] is sched._groups[group][0]
+            sched.on_trial_result(controller, trial, {"epoch": 2, "objective": 50.0 + k})
+    assert sched._groups["vit"][0] is not sched._groups["rn"][0]
+    decisions = {}
+    for s, tid in by_bracket.items():
+        trial = make_trial(tid, str(tmp_path))
+        trial.config = {"model.backbone": "vit"}
+        sched.on_trial_add(controller, trial)
+        decisions[s] = [
+            sched.on_trial_result(controller, trial, {"epoch": e, "objective": 1.0})
+            for e in range(1, 8)
+        ]
+    assert decisions[0][1] == STOP  # bracket 0: cut at its first rung, epoch 2
+    assert decisions[2] == [CONTINUE] * 7  # the last bracket: no rung before the end

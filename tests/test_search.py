@@ -250,3 +250,72 @@ def test_a_search_whose_trials_all_fail_exits_non_zero_and_says_why(ray_local, t
     assert err.startswith("error: all 2 trials failed; first failure: error: "), err
     assert "\n" not in err
     assert (tmp_path / "runs" / "f" / "trials.csv").is_file()  # the record is still written
+
+
+def test_a_trial_that_runs_out_of_memory_is_retried_from_its_checkpoint(
+    ray_local, tmp_path, monkeypatch
+):
+    """An OOM in a search trial (on a shared GPU, maybe a neighbour's doing) raises, and Tune
+    runs the trial again from its last checkpoint (``max_failures``): it completes, and no
+    epoch before the checkpoint is trained twice. Without the raise the trial would end as
+    "oom" and count as failed."""
+    from search import trainable
+    from search.cli import main
+
+    marker = tmp_path / "oom-injected"
+
+    def first_attempt_runs_out_of_memory(config, **kwargs):  # runs in the trial's worker
+        import torch
+
+        from handreid.train.trainer import Trainer
+        from search.trainable import run_trial
+
+        if marker.exists():  # the retry, or any other trial
+            return run_trial(config, **kwargs)
+        original = Trainer.train_epoch
+
+        def oom(self, epoch):
+            if epoch == 3:
+                marker.write_text(str(epoch))
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return original(self, epoch)
+
+        Trainer.train_epoch = oom
+        try:
+            return run_trial(config, **kwargs)
+        finally:
+            Trainer.train_epoch = original  # the actor is reused for the next trial
+
+    monkeypatch.setattr(trainable, "run_trial", first_attempt_runs_out_of_memory)
+    space = small_space(
+        tmp_path,
+        num_samples=2,
+        fixed={"model.backbone": "tiny-rn"},
+        search={"optim.lr_visual": {"type": "float", "low": 1e-4, "high": 3e-4, "log": True}},
+        tune={
+            "max_failures": 1,
+            "max_concurrent": 1,
+            "scheduler": {
+                "type": "asha",
+                "grace_period": 4,
+                "reduction_factor": 2,
+                "max_epochs": 4,
+            },
+        },
+    )
+    args = ["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "o", "--quiet"]
+    with deadline(300):
+        assert main(args) == 0
+    assert marker.read_text() == "3"  # the fault did fire
+    run_dir = tmp_path / "runs" / "o"
+    table = pd.read_csv(run_dir / "trials.csv")
+    assert list(table["status"]) == ["complete", "complete"], table
+    results = trial_results(run_dir)
+    retried = [
+        name
+        for name in results
+        if any(p.name.startswith("error") for p in (run_dir / name).iterdir())
+    ]
+    epochs = {tid: [r["epoch"] for r in rows] for tid, rows in results.items()}
+    assert all(e == [1, 2, 3, 4] for e in epochs.values()), epochs  # resumed after epoch 2
+    assert len(retried) == 1, retried  # Tune recorded the error of the first attempt
