@@ -18,9 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import tempfile
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +27,9 @@ import numpy as np
 from bench.common import emit
 
 REPO = Path(__file__).resolve().parents[1]
-TABLE = Path(__file__).parent / "tabular_demo.json"
+TABLE = Path(__file__).parent / "tabular_a.json"
+TABLES = [Path(__file__).parent / f"tabular_{k}.json" for k in "abc"]
 SPACE = REPO / "spaces" / "demo.yml"
-TOLERANCE = 0.5
-WIDE = 2.0  # a looser target (the table's top few configurations), less sensitive to noise
 
 
 # ------------------------------------------------------------------ build
@@ -42,7 +40,6 @@ def _train_one(job: tuple[int, dict, str]) -> dict:
 
     torch.set_num_threads(1)
     index, params, tmp, extra = job  # extra: config overrides, e.g. another seed
-    os.environ["HANDREID_CACHE"] = tmp
     from handreid.train.trainer import train
     from search.space import load_space
 
@@ -73,8 +70,7 @@ def train_all(jobs: list[tuple[int, dict, dict]], workers: int) -> list[dict]:
     from handreid.data.build import synthetic_root
     from search.space import load_space
 
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["HANDREID_CACHE"] = tmp
+    with tempfile.TemporaryDirectory() as tmp:  # runs and stage-1 cache; data as the demo's
         synthetic_root(load_space(SPACE).base.data.synth)
         for i, backbone in enumerate(sorted({params["model.backbone"] for _, params, _ in jobs})):
             # warm the stage-1 cache of each backbone, so the workers do not race for it
@@ -114,16 +110,48 @@ def sample_configs(n: int, seed: int = 12345) -> list[dict]:
     return configs
 
 
-def build(n_configs: int, workers: int, path: Path = TABLE, sample_seed: int = 12345) -> None:
+def build(
+    n_configs: int,
+    workers: int,
+    path: Path = TABLE,
+    sample_seed: int = 12345,
+    top: int = 8,
+    seeds: int = 4,
+) -> None:
+    """Train ``n_configs`` sampled configurations (train.seed 0) to the full budget, then
+    each backbone's ``top`` rows (by their seed-0 best value) again with train.seed
+    1..seeds-1, so the table knows which configurations are best beyond seed noise."""
+    from handreid.train.optim import warmup_epochs
     from search.space import load_space
 
     space = load_space(SPACE)
     configs = sample_configs(n_configs, sample_seed)
     rows = train_all([(i, c, {}) for i, c in enumerate(configs)], workers)
+    for row in rows:
+        cfg = space.trial_config(row["params"])
+        row["warmup_epochs"] = warmup_epochs(
+            cfg.optim.scheduler, cfg.optim.warmup_epochs, cfg.train.epochs
+        )
+    chosen = [
+        r
+        for backbone in sorted({r["params"]["model.backbone"] for r in rows})
+        for r in sorted(
+            (r for r in rows if r["params"]["model.backbone"] == backbone),
+            key=lambda r: -max(r["val_mAP"]),
+        )[:top]
+    ]
+    jobs = [(r["index"], r["params"], {"train.seed": k}) for r in chosen for k in range(1, seeds)]
+    again = train_all(jobs, workers)
+    for r in chosen:
+        r["seed_values"] = [max(r["val_mAP"])] + [
+            max(a["val_mAP"]) for a in again if a["index"] == r["index"]
+        ]
     doc = {
         "space": "spaces/demo.yml",
         "sample_seed": sample_seed,
         "max_epochs": space.max_epochs,
+        "top_per_backbone": top,
+        "seeds": seeds,
         "configs": rows,
     }
     Path(path).write_text(json.dumps(doc, indent=1))
@@ -192,231 +220,275 @@ def _distance(a: dict, b: dict, distributions: dict) -> float:
     return total
 
 
-def replay_trainable(config: dict, table: Table, distributions: dict, used: str) -> None:
-    from ray import tune
-
-    used_path = Path(used)  # rows this search has evaluated (trials run one at a time)
-    seen = set(json.loads(used_path.read_text())) if used_path.exists() else set()
-    row = table.nearest(config, distributions, exclude=seen)
-    used_path.write_text(json.dumps(sorted(seen | {row["index"]})))
-    start = time.time_ns()  # orders trials exactly (timestamps in results are whole seconds)
-    best = -math.inf
-    for epoch, (value, seconds) in enumerate(zip(row["val_mAP"], row["epoch_seconds"]), 1):
-        best = max(best, value)
-        tune.report(
-            {
-                "epoch": epoch,
-                "val_mAP": value,
-                "objective": best,
-                "sim_seconds": seconds,
-                "table_index": row["index"],
-                "start_ns": start,  # exact trial order (result timestamps are whole seconds)
-                "status": "done" if epoch == len(row["val_mAP"]) else "running",
-            }
-        )
-
-
 # ------------------------------------------------------------------ replay
 
 
+@dataclass(frozen=True)
+class Strategy:
+    sampler: str  # "random" or "tpe" (the search's own sampler)
+    grace: int | None = None  # None: no pruning
+    reduction: int = 2
+    brackets: int = 1
+    per_backbone: bool = True  # rungs per backbone (bracket_by)
+    warmup_aware: bool = True  # no rung inside a trial's warm-up
+
+
 STRATEGIES = {
-    "random": ("random", False),
-    "random+ASHA": ("random", True),
-    "TPE": ("tpe", False),
-    "TPE+ASHA (ours)": ("tpe", True),
+    "random": Strategy("random"),
+    "TPE": Strategy("tpe"),
+    "random+ASHA g8": Strategy("random", 8),
+    # the search before issue 16: one set of rungs for both backbones, judged in warm-up
+    "TPE+ASHA g3 old": Strategy("tpe", 3, per_backbone=False, warmup_aware=False),
+    "TPE+ASHA g3": Strategy("tpe", 3),
+    "TPE+ASHA g4": Strategy("tpe", 4),
+    "TPE+ASHA g6": Strategy("tpe", 6),
+    "TPE+ASHA g8": Strategy("tpe", 8),
+    "TPE+HB3 g3": Strategy("tpe", 3, brackets=3),
+    "TPE+HB2 g4": Strategy("tpe", 4, brackets=2),
+    "TPE+HB2 g6": Strategy("tpe", 6, brackets=2),
 }
 
 
-def run_strategy(
-    name: str,
-    seed: int,
-    num_samples: int,
-    table: Table,
-    tmp: str,
-    asha_settings: tuple[int, int] | None = None,
-) -> list[dict]:
+class _Trial:  # what the scheduler reads of a Tune trial
+    def __init__(self, trial_id: str, config: dict):
+        self.trial_id, self.config = trial_id, config
+
+
+class _Controller:  # a new search: no recorded trials to rebuild rungs from
+    @staticmethod
+    def get_trials() -> list:
+        return []
+
+
+def simulate(strategy: Strategy, seed: int, num_samples: int, table: Table) -> list[dict]:
+    """One search, trials one at a time, through the search's own searcher
+    (HandReIDOptunaSearch: its sampler, balance and the way it tells Optuna each ending) and
+    scheduler (ResumableASHA: per-backbone rungs, warm-up, brackets), exactly as Tune calls
+    them for a trial that reports each epoch; each proposed configuration trains as the
+    nearest table row not yet used. Tune's own loop adds nothing at one trial at a time."""
     import optuna
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.schedulers import TrialScheduler
 
     from search.driver import make_sampler
     from search.optuna_search import HandReIDOptunaSearch
+    from search.scheduler import ResumableASHA
     from search.space import load_space
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(SPACE)
-    sampler_kind, asha = STRATEGIES[name]
     sampler = (
         optuna.samplers.RandomSampler(seed=seed)
-        if sampler_kind == "random"
-        else make_sampler(seed, space.tune.n_startup_trials)  # the search's own sampler
+        if strategy.sampler == "random"
+        else make_sampler(seed, space.tune.n_startup_trials)
     )
     searcher = HandReIDOptunaSearch(
-        space=space.define_by_run, metric="objective", mode="max", sampler=sampler
+        space=space.define_by_run,
+        metric="objective",
+        mode="max",
+        sampler=sampler,
+        balance=space.balanced(),
     )
-    t = space.tune
-    scheduler = (
-        ASHAScheduler(
+    scheduler = None
+    if strategy.grace is not None:
+        scheduler = ResumableASHA(
             time_attr="epoch",
-            max_t=table.max_epochs,
-            grace_period=(asha_settings or (t.grace_period, t.reduction_factor))[0],
-            reduction_factor=(asha_settings or (t.grace_period, t.reduction_factor))[1],
-        )
-        if asha
-        else FIFOScheduler()
-    )
-    distributions = {b.name: b for p in space.params for b in p.branches}
-    used = str(Path(tmp) / f"used-{name.split()[0]}-{seed}.json")
-    trainable = tune.with_parameters(
-        replay_trainable, table=table, distributions=distributions, used=used
-    )
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": 1}),
-        tune_config=tune.TuneConfig(
             metric="objective",
             mode="max",
-            scheduler=scheduler,
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=1),
-            num_samples=num_samples,
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(storage_path=tmp, name=f"{name.split()[0]}-{seed}", verbose=0),
-    )
-    grid = tuner.fit()
+            max_t=table.max_epochs,
+            grace_period=strategy.grace,
+            reduction_factor=strategy.reduction,
+            brackets=strategy.brackets,
+            group_by="model.backbone" if strategy.per_backbone else None,
+        )
+    distributions = {b.name: b for p in space.params for b in p.branches}
+    used: set[int] = set()
     trials = []
-    for result in grid:
-        df = result.metrics_dataframe
+    for n in range(num_samples):
+        trial_id = f"{seed:05x}_{n:05d}"  # Tune's pattern
+        config = searcher.suggest(trial_id)
+        row = table.nearest(config, distributions, exclude=used)
+        used.add(row["index"])
+        trial = _Trial(trial_id, config)
+        if scheduler:
+            scheduler.on_trial_add(_Controller, trial)
+        best, result = -math.inf, {}
+        for epoch, value in enumerate(row["val_mAP"], 1):
+            best = max(best, value)
+            last = epoch == len(row["val_mAP"])
+            result = {
+                "epoch": epoch,
+                "val_mAP": value,
+                "objective": best,
+                "status": "done" if last else "running",
+            }
+            if strategy.warmup_aware:
+                result["warmup_epochs"] = row["warmup_epochs"]
+            searcher.on_trial_result(trial_id, result)
+            if last:
+                break
+            if scheduler and scheduler.on_trial_result(_Controller, trial, result) == (
+                TrialScheduler.STOP
+            ):
+                break
+        searcher.on_trial_complete(trial_id, result)
+        if scheduler:
+            scheduler.on_trial_complete(_Controller, trial, result)
         trials.append(
             {
-                "start": int(df["start_ns"].iloc[0]) if len(df) else 0,
-                "values": df["val_mAP"].tolist(),
-                "seconds": df["sim_seconds"].tolist(),
+                "index": row["index"],
+                "backbone": row["params"]["model.backbone"],
+                "epochs": result["epoch"],
+                "seconds": sum(row["epoch_seconds"][: result["epoch"]]),
+                "complete": result["status"] == "done",
             }
         )
-    return sorted(trials, key=lambda r: r["start"])
+    return trials
 
 
-def score(trials: list[dict], best: float, budget_epochs: int) -> dict:
-    """Compute (epochs, simulated seconds) until a trial comes within TOLERANCE of the table's
-    best, and within WIDE of it; and the best value seen within the epoch budget."""
-    epochs = seconds = 0.0
-    reached = {TOLERANCE: (math.inf, math.inf), WIDE: (math.inf, math.inf)}
-    best_at_budget = -math.inf
-    for trial in trials:
-        for value, sec in zip(trial["values"], trial["seconds"]):
-            epochs += 1
-            seconds += sec
-            if epochs <= budget_epochs:
-                best_at_budget = max(best_at_budget, value)
-            for gap, (e, _) in list(reached.items()):
-                if value >= best - gap and math.isinf(e):
-                    reached[gap] = (epochs, seconds)
+def targets(table: Table, backbone: str) -> dict:
+    """The backbone's target rows: those whose multi-seed mean (best val mAP per seed) lies
+    within one pooled within-configuration std of the best multi-seed mean."""
+    seeded = [
+        r for r in table.rows if r["params"]["model.backbone"] == backbone and "seed_values" in r
+    ]
+    means = {r["index"]: float(np.mean(r["seed_values"])) for r in seeded}
+    pooled = float(np.sqrt(np.mean([np.var(r["seed_values"], ddof=1) for r in seeded])))
+    best = max(means.values())
+    rest = [max(r["val_mAP"]) for r in table.rows if r["params"]["model.backbone"] == backbone]
     return {
-        "epochs_to_target": reached[TOLERANCE][0],
-        "seconds_to_target": reached[TOLERANCE][1],
-        "epochs_to_wide": reached[WIDE][0],
-        "seconds_to_wide": reached[WIDE][1],
-        "best_at_budget": best_at_budget,
-        "total_epochs": epochs,
+        "rows": sorted(i for i, m in means.items() if m >= best - pooled),
+        "best_mean": best,
+        "pooled_std": pooled,
+        "seeded": len(seeded),
+        "configs": len(rest),
+        # the best seed-0 value among rows without seeds: how safely they are left out
+        "unseeded_best": max(
+            (
+                max(r["val_mAP"])
+                for r in table.rows
+                if r["params"]["model.backbone"] == backbone and "seed_values" not in r
+            ),
+            default=math.nan,
+        ),
     }
+
+
+def score(trials: list[dict], backbone: str, goal: set[int]) -> dict:
+    """Compute spent on the backbone's trials (epochs, simulated seconds) until one of them
+    trains a target row to the end; infinite if none does."""
+    epochs = seconds = 0.0
+    for trial in trials:
+        if trial["backbone"] != backbone:
+            continue
+        epochs += trial["epochs"]
+        seconds += trial["seconds"]
+        if trial["complete"] and trial["index"] in goal:
+            return {"epochs": epochs, "seconds": seconds}
+    return {"epochs": math.inf, "seconds": math.inf}
+
+
+def random_order(table: Table, backbone: str, goal: set[int], draws: int = 10_000) -> dict:
+    """Random search without pruning, exactly: the backbone's rows in a uniformly random
+    order, each trained to the end."""
+    rng = np.random.default_rng(0)
+    rows = [r for r in table.rows if r["params"]["model.backbone"] == backbone]
+    trials = [
+        {
+            "index": r["index"],
+            "backbone": backbone,
+            "epochs": len(r["val_mAP"]),
+            "seconds": sum(r["epoch_seconds"]),
+            "complete": True,
+        }
+        for r in rows
+    ]
+    runs = [
+        score([trials[i] for i in rng.permutation(len(trials))], backbone, goal)
+        for _ in range(draws)
+    ]
+    return summarize(runs, keep_runs=False)
+
+
+def summarize(runs: list[dict], keep_runs: bool = True) -> dict:
+    """Median and quartiles of the compute to target; a search that never reached it counts
+    as infinite compute."""
+    epochs = [r["epochs"] for r in runs]
+    out = {
+        "reached": sum(math.isfinite(e) for e in epochs),
+        "searches": len(runs),
+        "median_epochs": float(np.percentile(epochs, 50, method="nearest")),
+        "q25_epochs": float(np.percentile(epochs, 25, method="nearest")),
+        "q75_epochs": float(np.percentile(epochs, 75, method="nearest")),
+        "mean_epochs": float(np.mean(epochs)),
+    }
+    if keep_runs:
+        out["runs"] = runs
+    return out
+
+
+def _replay_one(job: tuple[str, str, int, int]) -> tuple[str, str, int, list[dict]]:
+    table_path, name, seed, num_samples = job
+    return table_path, name, seed, simulate(STRATEGIES[name], seed, num_samples, Table(table_path))
 
 
 def replay(
+    tables: list[Path],
     seeds: int,
-    num_samples: int,
-    budget_epochs: int,
+    num_samples: int | None,
     strategies=tuple(STRATEGIES),
-    asha_settings: tuple[int, int] | None = None,
-    result_name: str = "tabular",
-    table_path: Path = TABLE,
+    workers: int = 2,
+    result_name: str = "tabular_replay",
 ) -> None:
-    import ray
+    """Every strategy on every table, ``seeds`` searches each; per table and backbone the
+    compute to the multi-seed target, and its ratio to random search without pruning."""
+    import multiprocessing as mp
 
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    table = Table(table_path)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    per_strategy = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in strategies:
-            runs = [
-                score(
-                    run_strategy(name, seed, num_samples, table, tmp, asha_settings),
-                    table.best,
-                    budget_epochs,
+    jobs = [
+        (str(t), name, seed, num_samples or len(Table(t).rows))
+        for t in tables
+        for name in strategies
+        for seed in range(seeds)
+    ]
+    with mp.get_context("spawn").Pool(workers) as pool:
+        done = pool.map(_replay_one, jobs, chunksize=1)
+    out: dict = {}
+    lines = []
+    for path in tables:
+        table = Table(path)
+        per_backbone = {}
+        for backbone in sorted({r["params"]["model.backbone"] for r in table.rows}):
+            goal = targets(table, backbone)
+            exact = random_order(table, backbone, set(goal["rows"]))
+            cells = {}
+            for name in strategies:
+                runs = [
+                    score(trials, backbone, set(goal["rows"]))
+                    for t, n, _, trials in done
+                    if t == str(path) and n == name
+                ]
+                cells[name] = summarize(runs)
+                cells[name]["speedup"] = exact["mean_epochs"] / cells[name]["median_epochs"]
+            per_backbone[backbone] = {"target": goal, "random_exact": exact, "strategies": cells}
+            lines.append(
+                f"{Path(path).stem} {backbone} (target: {len(goal['rows'])} of "
+                f"{goal['configs']} rows, mean >= {goal['best_mean'] - goal['pooled_std']:.1f}; "
+                f"random without pruning {exact['mean_epochs']:.0f} epochs): "
+                + ", ".join(
+                    f"{n} {c['reached']}/{seeds} {c['median_epochs']:.0f} ({c['speedup']:.1f}x)"
+                    for n, c in cells.items()
                 )
-                for seed in range(seeds)
-            ]
-            per_strategy[name] = summarize(runs)
-            short = {k: v for k, v in per_strategy[name].items() if k != "runs"}
-            print(name, json.dumps(short))
-    ray.shutdown()
-    base = per_strategy.get("random", {}).get("median_epochs_to_target", math.nan)
-    ours = per_strategy.get("TPE+ASHA (ours)", {}).get("median_epochs_to_target", math.nan)
-    line = "; ".join(
-        f"{n}: median {s['median_epochs_to_target']:.0f} epochs to best-{TOLERANCE} "
-        f"({s['reached']}/{seeds} reached), {s['median_epochs_to_wide']:.0f} to best-{WIDE}, "
-        f"best@{budget_epochs} {s['median_best_at_budget']:.2f}"
-        for n, s in per_strategy.items()
-    )
-    exact = random_order_baseline(table, budget_epochs)
-    line += (
-        f"; random/ours = {base / ours:.2f}x; the table in random order (no engine): median "
-        f"{exact['median_epochs_to_target']:.0f} epochs to best-{TOLERANCE}, "
-        f"{exact['median_epochs_to_wide']:.0f} to best-{WIDE}, "
-        f"ratio to ours {exact['median_epochs_to_target'] / ours:.2f}x"
-    )
+            )
+        out[str(path)] = per_backbone
     emit(
         result_name,
-        line,
+        "; ".join(lines),
         {
             "seeds": seeds,
             "num_samples": num_samples,
-            "budget_epochs": budget_epochs,
-            "table_best": table.best,
-            "tolerance": TOLERANCE,
-            "configs": len(table.rows),
-            "table": str(table_path),
-            "asha": asha_settings,
-            "strategies": per_strategy,
-            "random_order_baseline": exact,
+            "tables": out,
+            "strategies": {n: STRATEGIES[n].__dict__ for n in strategies},
         },
     )
-
-
-def random_order_baseline(table: Table, budget_epochs: int, draws: int = 10_000) -> dict:
-    """Random search without pruning, computed exactly from the table: every configuration
-    trained in a uniformly random order. The engine's random sampler proposes points in the
-    space and gets the nearest unevaluated row, so a row with a small neighbourhood is found
-    later than 1/60 odds would say; this is the check on that replay artefact."""
-    rng = np.random.default_rng(0)
-    trials = [{"values": r["val_mAP"], "seconds": r["epoch_seconds"]} for r in table.rows]
-    runs = [
-        score([trials[i] for i in rng.permutation(len(trials))], table.best, budget_epochs)
-        for _ in range(draws)
-    ]
-    out = summarize(runs)
-    del out["runs"]
-    return out
-
-
-def summarize(runs: list[dict]) -> dict:
-    """Median and quartiles; a run that never reached the target counts as infinite compute."""
-
-    def q(key, p):
-        return float(np.percentile([r[key] for r in runs], p, method="nearest"))
-
-    out = {
-        "reached": sum(math.isfinite(r["epochs_to_target"]) for r in runs),
-        "reached_wide": sum(math.isfinite(r["epochs_to_wide"]) for r in runs),
-    }
-    for key in ("epochs_to_target", "seconds_to_target", "epochs_to_wide", "seconds_to_wide"):
-        out[f"median_{key}"] = q(key, 50)
-        out[f"q25_{key}"], out[f"q75_{key}"] = q(key, 25), q(key, 75)
-    out["median_best_at_budget"] = q("best_at_budget", 50)
-    out["min_best_at_budget"] = min(r["best_at_budget"] for r in runs)
-    out["runs"] = runs
-    return out
 
 
 def main() -> None:
@@ -427,36 +499,30 @@ def main() -> None:
     b.add_argument("--workers", type=int, default=2)
     b.add_argument("--sample-seed", type=int, default=12345, help="seed of the sampled configs")
     b.add_argument("--table", type=Path, default=TABLE, help="where to write the table")
+    b.add_argument("--top", type=int, default=8, help="rows per backbone given more seeds")
+    b.add_argument("--seeds", type=int, default=4, help="seeds of those rows, seed 0 included")
     d = sub.add_parser("describe")
     d.add_argument("--table", type=Path, default=TABLE)
     r = sub.add_parser("replay")
-    r.add_argument("--seeds", type=int, default=20)
-    r.add_argument("--num-samples", type=int, default=60)
-    r.add_argument("--budget-epochs", type=int, default=150)
+    r.add_argument("--tables", type=Path, nargs="+", default=TABLES)
+    r.add_argument("--seeds", type=int, default=20, help="searches per strategy and table")
+    r.add_argument("--num-samples", type=int, help="trials per search (default: table rows)")
     r.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
-    r.add_argument(
-        "--asha",
-        nargs=2,
-        type=int,
-        metavar=("GRACE", "REDUCTION"),
-        help="ASHA settings instead of the demo space's",
-    )
-    r.add_argument("--name", default="tabular", help="result name (bench/results/NAME.json)")
-    r.add_argument("--table", type=Path, default=TABLE, help="the table to replay")
+    r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--name", default="tabular_replay", help="result name (bench/results/)")
     args = parser.parse_args()
     if args.cmd == "build":
-        build(args.configs, args.workers, args.table, args.sample_seed)
+        build(args.configs, args.workers, args.table, args.sample_seed, args.top, args.seeds)
     elif args.cmd == "describe":
         describe(args.table)
     else:
         replay(
+            args.tables,
             args.seeds,
             args.num_samples,
-            args.budget_epochs,
             tuple(args.strategies),
-            tuple(args.asha) if args.asha else None,
+            args.workers,
             args.name,
-            args.table,
         )
 
 
