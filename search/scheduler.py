@@ -138,12 +138,15 @@ class ResumableASHA(AsyncHyperBandScheduler):
 
 
 def in_warmup(result: dict, time_attr: str) -> bool:
-    """A result from the trial's warm-up (epochs up to ``warmup_epochs``, reported by the
-    trial, before its learning rate peaked): no rung judges it there. A OneCycle trial at a
-    third of its peak rate would lose to a cosine trial near its peak, and TPE would learn
-    "OneCycle is bad"; the trial is judged at the first rung it reaches after its warm-up."""
+    """A result no rung judges: from the trial's warm-up (epochs up to ``warmup_epochs``,
+    reported by the trial, before its learning rate peaked), or before the share of its
+    schedule the space sets (``judge_from_epoch``). A OneCycle trial at a third of its peak
+    rate would lose to a cosine trial near its peak, and TPE would learn "OneCycle is bad";
+    the trial is judged at the first rung it reaches after both."""
     now, warmup = result.get(time_attr), result.get("warmup_epochs") or 0
-    return now is not None and now <= warmup and warmup > 0  # its last epoch included
+    if now is None:
+        return False
+    return (warmup > 0 and now <= warmup) or now < (result.get("judge_from_epoch") or 0)
 
 
 def recorded_results(trials: list[Trial]) -> Iterator[tuple[Trial, dict]]:

@@ -116,6 +116,8 @@ class TuneSettings:
     # asynchronous Hyperband: bracket s starts pruning at grace_period * reduction_factor**s;
     # 1 is plain ASHA (bench.tabular replay chooses per space)
     brackets: int = 1
+    # no rung judges a trial before this share of its own epochs (nor inside its warm-up)
+    judge_after: float = 0.0
     max_epochs: int | None = None  # default: the base config's train.epochs
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -438,6 +440,7 @@ def _parse_tune(doc: dict) -> TuneSettings:
         (tune.grace_period >= 1, "grace_period", "must be >= 1"),
         (tune.reduction_factor >= 2, "reduction_factor", "must be >= 2"),
         (tune.brackets >= 1, "brackets", "must be >= 1"),
+        (0 <= tune.judge_after < 1, "judge_after", "must be in [0, 1)"),
         (
             tune.max_epochs is None or tune.max_epochs >= tune.grace_period,
             "max_epochs",

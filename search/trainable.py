@@ -215,12 +215,17 @@ def run_trial(
     from handreid.train.trainer import train
 
     cfg = space.trial_config(params, extra)
-    warmup = warmup_epochs(cfg.optim.scheduler, cfg.optim.warmup_epochs, cfg.train.epochs)
+    judged = {  # ASHA judges the trial only after its warm-up and the space's share of it
+        "warmup_epochs": warmup_epochs(
+            cfg.optim.scheduler, cfg.optim.warmup_epochs, cfg.train.epochs
+        ),
+        "judge_from_epoch": space.tune.judge_after * cfg.train.epochs,
+    }
     ctx = tune.get_context()
     out = state_dir(scratch_root, ctx.get_experiment_name(), state_key or ctx.get_trial_id())
     checkpoint = tune.get_checkpoint()
     if restore_into(out, checkpoint):  # ended before a driver crash: replay its end to Tune
-        extra_cols = {"backbone": cfg.model.backbone, "warmup_epochs": warmup}
+        extra_cols = {"backbone": cfg.model.backbone, **judged}
         extra_cols["node_id"] = ray.get_runtime_context().get_node_id()
         for row in history_after(out, reported_epoch(checkpoint), space):
             tune.report({**row, **extra_cols})
@@ -243,7 +248,7 @@ def run_trial(
         row["objective"] = best.update(metrics.get(space.tune.metric))
         row["backbone"] = cfg.model.backbone
         row["node_id"] = node_id  # where this epoch ran (retries move trials between nodes)
-        row["warmup_epochs"] = warmup  # ASHA judges the trial only after its warm-up
+        row.update(judged)
         if path is None:
             tune.report(row)
             return

@@ -337,3 +337,25 @@ def test_hyperband_brackets_per_group_and_kept_across_a_restore(tmp_path):
         ]
     assert decisions[0][1] == STOP  # bracket 0: cut at its first rung, epoch 2
     assert decisions[2] == [CONTINUE] * 7  # the last bracket: no rung before the end
+
+
+def test_no_rung_judges_a_trial_before_the_share_of_its_schedule_the_space_sets(tmp_path):
+    """``tune.scheduler.judge_after`` (a share of the trial's epochs, reported as
+    ``judge_from_epoch``): rungs before it pass the trial; the first rung at or after it
+    judges it."""
+    controller = Controller()
+    sched = asha(max_t=8, grace_period=1, reduction_factor=2, metric="objective", mode="max")
+    trials = {}
+    for tid in ("peer", "late"):
+        trials[tid] = make_trial(tid, str(tmp_path))
+        sched.on_trial_add(controller, trials[tid])
+
+    def report(tid, epoch, value):
+        result = {"epoch": epoch, "objective": value, "judge_from_epoch": 4.0}
+        return sched.on_trial_result(controller, trials[tid], result)
+
+    for epoch in (1, 2, 4):
+        report("peer", epoch, 50.0)
+    assert [report("late", e, 10.0) for e in (1, 2, 3)] == [CONTINUE] * 3
+    assert all("late" not in recorded for milestone, recorded in sched.rungs()[None])
+    assert report("late", 4, 10.0) == STOP  # epoch 4 = half of 8: judged, and cut

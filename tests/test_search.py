@@ -252,6 +252,10 @@ def test_a_search_whose_trials_all_fail_exits_non_zero_and_says_why(ray_local, t
     assert (tmp_path / "runs" / "f" / "trials.csv").is_file()  # the record is still written
 
 
+def rows_of(results: dict[str, list[dict]]) -> list[dict]:
+    return [row for rows in results.values() for row in rows]
+
+
 def test_a_trial_that_runs_out_of_memory_is_retried_from_its_checkpoint(
     ray_local, tmp_path, monkeypatch
 ):
@@ -318,4 +322,5 @@ def test_a_trial_that_runs_out_of_memory_is_retried_from_its_checkpoint(
     ]
     epochs = {tid: [r["epoch"] for r in rows] for tid, rows in results.items()}
     assert all(e == [1, 2, 3, 4] for e in epochs.values()), epochs  # resumed after epoch 2
+    assert all(r["judge_from_epoch"] == 0 and "warmup_epochs" in r for r in rows_of(results))
     assert len(retried) == 1, retried  # Tune recorded the error of the first attempt

@@ -255,6 +255,11 @@ def test_enqueued_start_points_are_evaluated_first(tmp_path):
         ),
         (
             {"loss.arcface.scale": {"type": "float", "low": 10, "high": 40}},
+            {"tune": {"scheduler": {"type": "asha", "judge_after": 1.0}}},
+            r"tune\.judge_after: must be in \[0, 1\)",
+        ),
+        (
+            {"loss.arcface.scale": {"type": "float", "low": 10, "high": 40}},
             {"tune": {"num_sample": 3}},
             r"tune\.num_sample: unknown key 'num_sample'; did you mean",
         ),
