@@ -71,6 +71,14 @@ class ResumableASHA(AsyncHyperBandScheduler):
         odds = np.exp(sizes - sizes.max())  # Ray's odds of each bracket
         self._bracket_cdf = np.cumsum(odds / odds.sum())
 
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle, also a scheduler pickled before brackets were kept per group (a search
+        started by an older version and resumed now): one bracket."""
+        self.__dict__.update(state)
+        if "_empty_brackets" not in state:
+            self._empty_brackets = [self.__dict__.pop("_empty_bracket")]
+            self._bracket_cdf = np.array([1.0])
+
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         super().on_trial_add(tune_controller, trial)  # checks metric and mode
         brackets = self._brackets
