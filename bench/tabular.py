@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 TABLE = Path(__file__).parent / "tabular_a.json"
 TABLES = [Path(__file__).parent / f"tabular_{k}.json" for k in "abc"]
 SPACE = REPO / "spaces" / "demo.yml"
+BUDGET = 12  # the demo search's trials per backbone (24, balanced)
 
 
 # ------------------------------------------------------------------ build
@@ -168,9 +169,47 @@ def build(
     print(f"wrote {path} with {len(rows)} curves; best val mAP {best:.2f}")
 
 
+def extend_seeds(path: Path, workers: int, step: int = 4) -> None:
+    """Give more rows their extra seeds until no row without them could be a target: every
+    backbone's best seed-0 value among unseeded rows lies below the target by more than a
+    pooled std (seed-0 values of top rows run above their means, so such a row's mean
+    would have to beat its own seed-0 value by over a std). ``step`` rows at a time."""
+    while True:
+        doc = json.loads(Path(path).read_text())
+        table = Table(path)
+        jobs = []
+        for backbone in sorted({r["params"]["model.backbone"] for r in table.rows}):
+            goal = targets(table, backbone)
+            floor = goal["best_mean"] - 2 * goal["pooled_std"]
+            unseeded = sorted(
+                (
+                    r
+                    for r in doc["configs"]
+                    if r["params"]["model.backbone"] == backbone and "seed_values" not in r
+                ),
+                key=lambda r: -max(r["val_mAP"]),
+            )
+            for r in unseeded[:step]:
+                if max(r["val_mAP"]) >= floor:
+                    jobs += [
+                        (r["index"], r["params"], {"train.seed": k}) for k in range(1, doc["seeds"])
+                    ]
+        if not jobs:
+            return
+        again = train_all(jobs, workers)
+        for r in doc["configs"]:
+            if any(j[0] == r["index"] for j in jobs):
+                r["seed_values"] = [max(r["val_mAP"])] + [
+                    max(a["val_mAP"]) for a in again if a["index"] == r["index"]
+                ]
+        Path(path).write_text(json.dumps(doc, indent=1))
+        print(f"{path}: {len(jobs)} more seeded runs")
+
+
 def describe(path: Path = TABLE, rungs: tuple[int, ...] = (3, 4, 6, 8)) -> None:
     """How well the best value up to an early epoch predicts the final best, per backbone
-    (Spearman rank correlation), and where each backbone's best row ranks at each rung."""
+    (Spearman rank correlation), and where the best-placed target row (multi-seed) ranks
+    at each candidate rung."""
     from scipy.stats import spearmanr
 
     table = Table(path)
@@ -178,18 +217,21 @@ def describe(path: Path = TABLE, rungs: tuple[int, ...] = (3, 4, 6, 8)) -> None:
     for backbone in sorted({r["params"]["model.backbone"] for r in table.rows}):
         rows = [r for r in table.rows if r["params"]["model.backbone"] == backbone]
         final = np.array([max(r["val_mAP"]) for r in rows])
-        top = int(np.argmax(final))
-        stats = {"rows": len(rows), "best": float(final[top])}
+        goal = set(targets(table, backbone)["rows"])
+        stats = {"rows": len(rows), "best": float(final.max()), "targets": len(goal)}
         for rung in rungs:
             early = np.array([max(r["val_mAP"][:rung]) for r in rows])
             stats[f"spearman_epoch{rung}"] = float(spearmanr(early, final).statistic)
-            stats[f"best_row_rank_epoch{rung}"] = int((early > early[top]).sum()) + 1
+            # the rank (1 = first) of the best-placed target row at this epoch
+            stats[f"target_rank_epoch{rung}"] = min(
+                int((early > early[k]).sum()) + 1 for k, r in enumerate(rows) if r["index"] in goal
+            )
         out[backbone] = stats
         parts.append(
             f"{backbone} ({len(rows)} rows, best {stats['best']:.2f}): Spearman "
             + ", ".join(f"e{r} {stats[f'spearman_epoch{r}']:.2f}" for r in rungs)
-            + "; best row ranks "
-            + ", ".join(f"e{r} {stats[f'best_row_rank_epoch{r}']}" for r in rungs)
+            + f"; best-placed of the {len(goal)} target rows ranks "
+            + ", ".join(f"e{r} {stats[f'target_rank_epoch{r}']}" for r in rungs)
         )
     name = "tabular_describe" + ("" if Path(path) == TABLE else f"_{Path(path).stem}")
     emit(name, "; ".join(parts), {"table": str(path), "backbones": out})
@@ -248,10 +290,14 @@ STRATEGIES = {
     "random+ASHA g8": Strategy("random", 8),
     # the search before issue 16: one set of rungs for both backbones, judged in warm-up
     "TPE+ASHA g3 old": Strategy("tpe", 3, per_backbone=False, warmup_aware=False),
+    "TPE+ASHA g3 one rung set": Strategy("tpe", 3, per_backbone=False),
+    "TPE+ASHA g3 warm-up blind": Strategy("tpe", 3, warmup_aware=False),
     "TPE+ASHA g3": Strategy("tpe", 3),
     "TPE+ASHA g4": Strategy("tpe", 4),
     "TPE+ASHA g6": Strategy("tpe", 6),
     "TPE+ASHA g8": Strategy("tpe", 8),
+    "TPE+ASHA g4 rf3": Strategy("tpe", 4, 3),
+    "TPE+HB2 g4 rf3": Strategy("tpe", 4, 3, brackets=2),
     "TPE+HB3 g3": Strategy("tpe", 3, brackets=3),
     "TPE+HB2 g4": Strategy("tpe", 4, brackets=2),
     "TPE+HB2 g6": Strategy("tpe", 6, brackets=2),
@@ -383,17 +429,18 @@ def targets(table: Table, backbone: str) -> dict:
 
 
 def score(trials: list[dict], backbone: str, goal: set[int]) -> dict:
-    """Compute spent on the backbone's trials (epochs, simulated seconds) until one of them
-    trains a target row to the end; infinite if none does."""
-    epochs = seconds = 0.0
+    """Compute spent on the backbone's trials (epochs, simulated seconds, trials) until one
+    of them trains a target row to the end; infinite if none does."""
+    epochs = seconds = count = 0.0
     for trial in trials:
         if trial["backbone"] != backbone:
             continue
         epochs += trial["epochs"]
         seconds += trial["seconds"]
+        count += 1
         if trial["complete"] and trial["index"] in goal:
-            return {"epochs": epochs, "seconds": seconds}
-    return {"epochs": math.inf, "seconds": math.inf}
+            return {"epochs": epochs, "seconds": seconds, "trials": count}
+    return {"epochs": math.inf, "seconds": math.inf, "trials": math.inf}
 
 
 def random_order(table: Table, backbone: str, goal: set[int], draws: int = 10_000) -> dict:
@@ -415,12 +462,13 @@ def random_order(table: Table, backbone: str, goal: set[int], draws: int = 10_00
         score([trials[i] for i in rng.permutation(len(trials))], backbone, goal)
         for _ in range(draws)
     ]
-    return summarize(runs, keep_runs=False)
+    return summarize(runs, keep_runs=False, budget=BUDGET)
 
 
-def summarize(runs: list[dict], keep_runs: bool = True) -> dict:
+def summarize(runs: list[dict], keep_runs: bool = True, budget: int | None = None) -> dict:
     """Median and quartiles of the compute to target; a search that never reached it counts
-    as infinite compute."""
+    as infinite compute. ``budget``: also count the searches that reached it within that
+    many trials of the backbone (the demo's search: 12 each)."""
     epochs = [r["epochs"] for r in runs]
     out = {
         "reached": sum(math.isfinite(e) for e in epochs),
@@ -430,6 +478,12 @@ def summarize(runs: list[dict], keep_runs: bool = True) -> dict:
         "q75_epochs": float(np.percentile(epochs, 75, method="nearest")),
         "mean_epochs": float(np.mean(epochs)),
     }
+    if runs and "search_epochs" in runs[0]:
+        out["median_search_epochs"] = float(np.median([r["search_epochs"] for r in runs]))
+        out["complete_share"] = float(np.mean([r["complete_share"] for r in runs]))
+    if budget is not None:
+        out["budget_trials"] = budget
+        out["reached_in_budget"] = sum(r["trials"] <= budget for r in runs)
     if keep_runs:
         out["runs"] = runs
     return out
@@ -471,11 +525,19 @@ def replay(
             cells = {}
             for name in strategies:
                 runs = [
-                    score(trials, backbone, set(goal["rows"]))
+                    {
+                        **score(trials, backbone, set(goal["rows"])),
+                        "search_epochs": sum(
+                            x["epochs"] for x in trials if x["backbone"] == backbone
+                        ),
+                        "complete_share": float(
+                            np.mean([x["complete"] for x in trials if x["backbone"] == backbone])
+                        ),
+                    }
                     for t, n, _, trials in done
                     if t == str(path) and n == name
                 ]
-                cells[name] = summarize(runs)
+                cells[name] = summarize(runs, budget=BUDGET)
                 cells[name]["speedup"] = exact["mean_epochs"] / cells[name]["median_epochs"]
             per_backbone[backbone] = {"target": goal, "random_exact": exact, "strategies": cells}
             lines.append(
@@ -483,7 +545,8 @@ def replay(
                 f"{goal['configs']} rows, mean >= {goal['best_mean'] - goal['pooled_std']:.1f}; "
                 f"random without pruning {exact['mean_epochs']:.0f} epochs): "
                 + ", ".join(
-                    f"{n} {c['reached']}/{seeds} {c['median_epochs']:.0f} ({c['speedup']:.1f}x)"
+                    f"{n} {c['reached']}/{seeds} ({c['reached_in_budget']} in {BUDGET}) "
+                    f"{c['median_epochs']:.0f} ({c['speedup']:.1f}x)"
                     for n, c in cells.items()
                 )
             )
@@ -500,6 +563,53 @@ def replay(
     )
 
 
+def markdown(name: str = "tabular_replay") -> None:
+    """The replay's results (bench/results/NAME.json) as a Markdown table: a row per
+    strategy, a column per table and backbone: searches that reached the target (of them
+    within the demo's 12 trials per backbone), median epochs to it, and the speed-up over
+    random search without pruning (the rows in random order, mean epochs)."""
+    from bench.common import RESULTS
+
+    doc = json.loads((RESULTS / f"{name}.json").read_text())
+    cells = [
+        (Path(t).stem.removeprefix("tabular_").upper(), b, c)
+        for t, per in doc["tables"].items()
+        for b, c in per.items()
+    ]
+    print("| strategy | " + " | ".join(f"{t} {b}" for t, b, _ in cells) + " |")
+    print("| --- " * (len(cells) + 1) + "|")
+    first = cells[0][2]
+    exact = [c["random_exact"] for _, _, c in cells]
+    print(
+        "| random order, no pruning (exact) | "
+        + " | ".join(
+            f"{e['mean_epochs']:.0f} (in 12: {e['reached_in_budget'] / e['searches']:.0%})"
+            for e in exact
+        )
+        + " |"
+    )
+    for strategy in first["strategies"]:
+        row = []
+        for _, _, c in cells:
+            s = c["strategies"][strategy]
+            median = "inf" if math.isinf(s["median_epochs"]) else f"{s['median_epochs']:.0f}"
+            row.append(
+                f"{s['reached']}/{s['searches']} ({s['reached_in_budget']}), {median}, "
+                f"{s['speedup']:.1f}x"
+            )
+        print(f"| {strategy} | " + " | ".join(row) + " |")
+    print()
+
+    def target(g: dict) -> str:
+        return (
+            f"{len(g['rows'])} of {g['configs']} rows, mean >= "
+            f"{g['best_mean'] - g['pooled_std']:.1f} (best {g['best_mean']:.1f}, "
+            f"std {g['pooled_std']:.1f}; {g['seeded']} rows x 4 seeds)"
+        )
+
+    print("| target | " + " | ".join(target(c["target"]) for _, _, c in cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -510,6 +620,9 @@ def main() -> None:
     b.add_argument("--table", type=Path, default=TABLE, help="where to write the table")
     b.add_argument("--top", type=int, default=8, help="rows per backbone given more seeds")
     b.add_argument("--seeds", type=int, default=4, help="seeds of those rows, seed 0 included")
+    x = sub.add_parser("seed", help="seed more rows until no unseeded row can be a target")
+    x.add_argument("--table", type=Path, default=TABLE)
+    x.add_argument("--workers", type=int, default=2)
     d = sub.add_parser("describe")
     d.add_argument("--table", type=Path, default=TABLE)
     r = sub.add_parser("replay")
@@ -519,9 +632,15 @@ def main() -> None:
     r.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--name", default="tabular_replay", help="result name (bench/results/)")
+    m = sub.add_parser("markdown", help="the replay's results as a Markdown table")
+    m.add_argument("--name", default="tabular_replay")
     args = parser.parse_args()
     if args.cmd == "build":
         build(args.configs, args.workers, args.table, args.sample_seed, args.top, args.seeds)
+    elif args.cmd == "markdown":
+        markdown(args.name)
+    elif args.cmd == "seed":
+        extend_seeds(args.table, args.workers)
     elif args.cmd == "describe":
         describe(args.table)
     else:
