@@ -41,10 +41,12 @@ def test_the_demo_searches_learns_and_reports_both_backbones(tmp_path):
     assert len(table) >= 24 and set(table["backbone"]) == {"tiny-vit", "tiny-rn"}
     assert (table["status"] == "pruned").any()
     for backbone, part in table.groupby("backbone"):
-        # tune.balance: 12 trials each; ASHA with reduction factor 2 lets about half go on
-        # (7-9 of 12 in the runs measured); the issue asks for a third
+        # tune.balance: 12 trials each; ASHA's one rung at epoch 4 with reduction factor 3
+        # lets about a third go on, more early in the search (6-7 of 12 with tune.seed 0;
+        # 2-9, median 5, in 30 replayed searches of 24 trials, BENCHMARKS.md); the demo
+        # issue asks for at least 3, and confirmation needs 2
         assert len(part) == 12, backbone
-        assert (part["status"] == "complete").sum() >= 4, backbone
+        assert (part["status"] == "complete").sum() >= 3, backbone
 
     # confirmation: each backbone's best 2 configurations with 2 more seeds, the winner's
     # 3 seeds scored on test, and the verdict
