@@ -25,6 +25,7 @@ on that backbone's trials until then (epochs), against random search without pru
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import tempfile
@@ -327,10 +328,9 @@ def simulate(strategy: Strategy, seed: int, num_samples: int, table: Table) -> l
     from search.driver import make_sampler
     from search.optuna_search import HandReIDOptunaSearch
     from search.scheduler import ResumableASHA
-    from search.space import load_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = load_space(SPACE)
+    space = _space()  # parsed once per replay worker
     sampler = (
         optuna.samplers.RandomSampler(seed=seed)
         if strategy.sampler == "random"
@@ -491,7 +491,20 @@ def summarize(runs: list[dict], keep_runs: bool = True, budget: int | None = Non
 
 def _replay_one(job: tuple[str, str, int, int]) -> tuple[str, str, int, list[dict]]:
     table_path, name, seed, num_samples = job
-    return table_path, name, seed, simulate(STRATEGIES[name], seed, num_samples, Table(table_path))
+    return table_path, name, seed, simulate(STRATEGIES[name], seed, num_samples, _table(table_path))
+
+
+@functools.cache
+def _table(path: str) -> Table:
+    """A table read once per process (a replay worker runs many searches on it)."""
+    return Table(path)
+
+
+@functools.cache
+def _space():
+    from search.space import load_space
+
+    return load_space(SPACE)
 
 
 def replay(
@@ -507,7 +520,7 @@ def replay(
     import multiprocessing as mp
 
     jobs = [
-        (str(t), name, seed, num_samples or len(Table(t).rows))
+        (str(t), name, seed, num_samples or len(_table(str(t)).rows))
         for t in tables
         for name in strategies
         for seed in range(seeds)

@@ -67,9 +67,6 @@ class ResumableASHA(AsyncHyperBandScheduler):
         self._group_by = group_by
         self._groups: dict[Any, list] = {}  # group value -> its brackets (rungs)
         self._empty_brackets = copy.deepcopy(self._brackets)  # each group's rungs start so
-        sizes = np.array([len(b._rungs) for b in self._brackets])
-        odds = np.exp(sizes - sizes.max())  # Ray's odds of each bracket
-        self._bracket_cdf = np.cumsum(odds / odds.sum())
 
     def __setstate__(self, state: dict) -> None:
         """Unpickle, also a scheduler pickled before brackets were kept per group (a search
@@ -77,7 +74,6 @@ class ResumableASHA(AsyncHyperBandScheduler):
         self.__dict__.update(state)
         if "_empty_brackets" not in state:
             self._empty_brackets = [self.__dict__.pop("_empty_bracket")]
-            self._bracket_cdf = np.array([1.0])
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         super().on_trial_add(tune_controller, trial)  # checks metric and mode
@@ -91,9 +87,11 @@ class ResumableASHA(AsyncHyperBandScheduler):
 
     def bracket_index(self, trial_id: str) -> int:
         """The trial's bracket, fixed by its id: the same after a restore."""
+        sizes = np.array([len(b._rungs) for b in self._empty_brackets])
+        odds = np.exp(sizes - sizes.max())  # Ray's odds of each bracket
         u = zlib.crc32(trial_id.encode()) / 2**32
-        index = int(np.searchsorted(self._bracket_cdf, u, side="right"))
-        return min(index, len(self._brackets) - 1)
+        index = int(np.searchsorted(np.cumsum(odds / odds.sum()), u, side="right"))
+        return min(index, len(sizes) - 1)
 
     def rungs(self, bracket: int = 0) -> dict[Any, list[tuple[float, dict]]]:
         """Each group's rungs in one bracket (milestone, {trial id: recorded value}); one
