@@ -53,7 +53,12 @@ class ResumableASHA(AsyncHyperBandScheduler):
     a trial's bracket follows from its id, with Ray's odds (a bracket with more rungs takes
     more trials), so a restored trial keeps its bracket; Ray draws it at random instead.
 
-    Results inside a trial's warm-up (``in_warmup``) are not judged.
+    Results inside a trial's warm-up (``in_warmup``) are not judged. A result goes into the
+    rung it reached: the highest one whose milestone lies after the trial's previous result
+    and at or before this one. A rung the trial passed in its warm-up stays without it, so
+    an epoch-7 value is never compared with other trials' epoch-4 values. The same rule
+    holds for a live result, the result a trial completes with, and a result replayed when
+    the rungs are rebuilt (``place``).
 
     ``group_by`` (a key of the trial's config, e.g. ``model.backbone``) gives every value
     its own rungs: a trial is compared only with trials of its group, so a backbone whose
@@ -67,6 +72,7 @@ class ResumableASHA(AsyncHyperBandScheduler):
         self._group_by = group_by
         self._groups: dict[Any, list] = {}  # group value -> its brackets (rungs)
         self._empty_brackets = copy.deepcopy(self._brackets)  # each group's rungs start so
+        self._reached: dict[str, float] = {}  # trial id -> furthest time_attr it reported
 
     def __setstate__(self, state: dict) -> None:
         """Unpickle, also a scheduler pickled before brackets were kept per group (a search
@@ -74,6 +80,7 @@ class ResumableASHA(AsyncHyperBandScheduler):
         self.__dict__.update(state)
         if "_empty_brackets" not in state:
             self._empty_brackets = [self.__dict__.pop("_empty_bracket")]
+        self.__dict__.setdefault("_reached", {})
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         super().on_trial_add(tune_controller, trial)  # checks metric and mode
@@ -106,18 +113,33 @@ class ResumableASHA(AsyncHyperBandScheduler):
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
         self._rebuild_once(tune_controller)
-        if in_warmup(result, self._time_attr):
-            return TrialScheduler.CONTINUE
-        action = super().on_trial_result(tune_controller, trial, result)
+        action = self._judge(trial, result)
         stopped, now = self._stopped_at.get(trial.trial_id), result.get(self._time_attr)
         if action == TrialScheduler.CONTINUE and None not in (stopped, now) and now >= stopped:
+            action = TrialScheduler.STOP
+        if action == TrialScheduler.STOP:
             self._num_stopped += 1
-            return TrialScheduler.STOP
         return action
 
     def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
         self._rebuild_once(tune_controller)
-        super().on_trial_complete(tune_controller, trial, result)
+        self._judge(trial, result)  # recorded as a live result would be; nothing to decide
+        del self._trial_info[trial.trial_id]
+
+    def _judge(self, trial: Trial, result: dict) -> str:
+        """ASHA's decision on one result, recorded in the rung the result reached; every
+        result with ``time_attr`` moves the trial on, warm-up ones too."""
+        now = result.get(self._time_attr)
+        if now is None:
+            return TrialScheduler.CONTINUE
+        before = self._reached.get(trial.trial_id, -math.inf)
+        self._reached[trial.trial_id] = max(before, now)
+        if in_warmup(result, self._time_attr) or result.get(self._metric) is None:
+            return TrialScheduler.CONTINUE
+        if now >= self._max_t and self._stop_last_trials:
+            return TrialScheduler.STOP
+        reward = self._metric_op * result[self._metric]
+        return place(self._trial_info[trial.trial_id], trial.trial_id, before, now, reward)
 
     def _rebuild_once(self, tune_controller) -> None:
         if self._rebuilt:
@@ -126,8 +148,7 @@ class ResumableASHA(AsyncHyperBandScheduler):
         trials = [t for t in tune_controller.get_trials() if t.trial_id in self._trial_info]
         fed = 0
         for trial, result in recorded_results(trials):
-            if not in_warmup(result, self._time_attr):
-                super().on_trial_result(tune_controller, trial, result)
+            self._judge(trial, result)  # the rule of live results; decisions are read back
             if result.get("done") and self._time_attr in result:
                 self._stopped_at.setdefault(trial.trial_id, result[self._time_attr])
             fed += 1
@@ -141,6 +162,23 @@ class ResumableASHA(AsyncHyperBandScheduler):
                     b.debug_str() for b in [*self._brackets, *sum(self._groups.values(), [])]
                 ),
             )
+
+
+def place(bracket, trial_id: str, before: float, now: float, reward: float) -> str:
+    """Record ``reward`` in the bracket's highest rung whose milestone lies in (``before``,
+    ``now``] and judge it against that rung's cutoff. A rung the trial passed earlier (in its
+    warm-up) is not filled late, as Ray's ``_Bracket.on_result`` would (it fills the first
+    rung at or below ``now`` that lacks the trial)."""
+    for milestone, recorded in bracket._rungs:  # highest first
+        if not before < milestone <= now:
+            continue
+        if trial_id in recorded:
+            return TrialScheduler.CONTINUE
+        cutoff = bracket.cutoff(recorded)
+        recorded[trial_id] = reward
+        stop = cutoff is not None and reward < cutoff
+        return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
+    return TrialScheduler.CONTINUE
 
 
 def in_warmup(result: dict, time_attr: str) -> bool:

@@ -299,6 +299,92 @@ def test_no_rung_judges_a_trial_inside_its_warm_up(tmp_path):
     assert report("warm", 4, 20.0, warmup=3.0) == STOP  # judged after the warm-up, and cut
 
 
+class Reports:
+    """Results fed to one scheduler by hand, each appended to its trial's result.json as Tune
+    logs it, so that a fresh scheduler can rebuild its rungs from them (``restored``)."""
+
+    def __init__(self, root: Path, **settings):
+        self.root, self.settings = root, {"metric": "objective", "mode": "max", **settings}
+        self.scheduler, self.controller = asha(**self.settings), Controller()
+        self.trials: dict[str, Trial] = {}
+
+    def trial(self, tid: str) -> Trial:
+        if tid not in self.trials:
+            self.trials[tid] = make_trial(tid, str(self.root))
+            self.controller.trials.append(self.trials[tid])
+            self.scheduler.on_trial_add(self.controller, self.trials[tid])
+        return self.trials[tid]
+
+    def report(self, tid: str, epoch: int, value: float, complete=False, **extra) -> str | None:
+        """The scheduler's decision on the result; None when the trial completes with it."""
+        trial, result = self.trial(tid), {"epoch": epoch, "objective": value, **extra}
+        decision = None
+        if complete:
+            self.scheduler.on_trial_complete(self.controller, trial, result)
+        else:
+            decision = self.scheduler.on_trial_result(self.controller, trial, result)
+        Path(trial.path).mkdir(parents=True, exist_ok=True)
+        with (Path(trial.path) / "result.json").open("a") as f:
+            f.write(json.dumps({**result, "done": complete or decision == STOP}) + "\n")
+        return decision
+
+    def restored(self) -> ResumableASHA:
+        """The scheduler of ``Tuner.restore``: unpickled from before the search, the trials
+        added again, its rungs rebuilt from the files before its first decision."""
+        scheduler, controller = pickle.loads(pristine(**self.settings)), Controller()
+        for tid in self.trials:
+            controller.trials.append(make_trial(tid, self.root.as_uri()))
+            scheduler.on_trial_add(controller, controller.trials[-1])
+        scheduler.choose_trial_to_run(controller)
+        return scheduler
+
+
+def placed(scheduler: ResumableASHA, tid: str) -> dict[float, float]:
+    """The trial's value in each rung that holds it, by milestone."""
+    return {m: recorded[tid] for m, recorded in scheduler.rungs()[None] if tid in recorded}
+
+
+def test_a_warm_up_longer_than_the_first_rungs_leaves_them_to_the_next_rung(tmp_path):
+    """A warm-up of 6 epochs passes the rungs at 1, 2 and 4. The trial's epoch-7 value is
+    not put into the epoch-4 rung to be cut against the peers' epoch-4 values (Ray's bracket
+    fills the highest rung at or below the epoch that lacks the trial); epoch 8 reaches the
+    rung at 8 and is judged there. Restored rungs hold the same."""
+    reports = Reports(tmp_path, max_t=16)  # rungs at 1, 2, 4, 8 (and 16)
+    for epoch in range(1, 9):
+        assert reports.report("peer", epoch, 50.0) == CONTINUE
+    decisions = [reports.report("warm", e, 40.0, warmup_epochs=6.0) for e in range(1, 9)]
+    assert decisions == [CONTINUE] * 7 + [STOP]
+    assert placed(reports.scheduler, "warm") == {8: 40.0}
+    assert reports.restored().rungs() == reports.scheduler.rungs()
+
+
+def test_a_trial_completing_inside_its_warm_up_is_in_no_rung_live_or_restored(tmp_path):
+    """A trial whose schedule ends inside its warm-up (3 epochs, all warm-up) completes with
+    a result no rung judges: neither the live scheduler (Ray's ``on_trial_complete`` skips
+    the warm-up check) nor the one rebuilt after a resume records it."""
+    reports = Reports(tmp_path, max_t=8)  # rungs at 1, 2, 4 and 8
+    for epoch in (1, 2):
+        reports.report("peer", epoch, 50.0)
+    for epoch in (1, 2):
+        assert reports.report("short", epoch, 10.0, warmup_epochs=3.0) == CONTINUE
+    reports.report("short", 3, 10.0, complete=True, warmup_epochs=3.0)
+    assert placed(reports.scheduler, "short") == {}
+    assert reports.restored().rungs() == reports.scheduler.rungs()
+
+
+def test_a_completion_after_the_warm_up_goes_into_the_rung_it_reached(tmp_path):
+    """The result a trial completes with is recorded by the rule of a live result: in the
+    rung its epoch reached, live and restored alike."""
+    reports = Reports(tmp_path, max_t=8)
+    for epoch in (1, 2):
+        reports.report("done", epoch, 30.0, warmup_epochs=1.0)
+    reports.report("done", 3, 35.0, complete=True, warmup_epochs=1.0)  # no rung at 3
+    reports.report("four", 4, 20.0, complete=True)  # its first result: the rung at 4
+    assert placed(reports.scheduler, "done") == {2: 30.0}
+    assert placed(reports.scheduler, "four") == {4: 20.0}
+    assert reports.restored().rungs() == reports.scheduler.rungs()
+
+
 def test_hyperband_brackets_per_group_and_kept_across_a_restore(tmp_path):
     """With three brackets (asynchronous Hyperband) each group has its own three: bracket s
     starts judging at grace * rf**s, and a trial in the last one runs to the end however low
