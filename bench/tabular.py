@@ -325,16 +325,16 @@ def simulate(strategy: Strategy, seed: int, num_samples: int, table: Table) -> l
     import optuna
     from ray.tune.schedulers import TrialScheduler
 
-    from search.driver import make_sampler
     from search.optuna_search import HandReIDOptunaSearch
     from search.scheduler import ResumableASHA
+    from search.strategy import build_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = _space()  # parsed once per replay worker
     sampler = (
         optuna.samplers.RandomSampler(seed=seed)
         if strategy.sampler == "random"
-        else make_sampler(seed, space.tune.n_startup_trials)
+        else build_sampler(space, seed)
     )
     searcher = HandReIDOptunaSearch(
         space=space.define_by_run,

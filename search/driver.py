@@ -153,33 +153,17 @@ def build_tuner(space: SearchSpace, opts: SearchOptions):
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from search.optuna_search import HandReIDOptunaSearch
     from search.progress import TrialSummary
-    from search.scheduler import ResumableASHA
+    from search.strategy import build_scheduler, build_searcher
 
     t = space.tune
     run_dir = local_run_dir(opts)
     run_dir.mkdir(parents=True, exist_ok=True)
     trainable = make_trainable(space, opts, run_dir)
-    searcher = HandReIDOptunaSearch(
-        space=space.define_by_run,
-        metric="objective",
-        mode=t.mode,
-        points_to_evaluate=space.optuna_points(),
-        sampler=make_sampler(t.seed, t.n_startup_trials),
-        study_name=f"handreid-{opts.name}",
-        storage=study_storage(run_dir),
-        metric_name=t.metric,
-        balance=space.balanced(),
+    searcher = build_searcher(
+        space, study_name=f"handreid-{opts.name}", storage=study_storage(run_dir)
     )
-    scheduler = ResumableASHA(  # ASHA that rebuilds its rungs on resume
-        time_attr="epoch",
-        max_t=space.max_epochs,
-        grace_period=t.grace_period,
-        reduction_factor=t.reduction_factor,
-        brackets=t.brackets,  # > 1: asynchronous Hyperband, a hedge against late starters
-        group_by=space.bracket_key(),  # e.g. rungs per backbone: cut against its own peers
-    )
+    scheduler = build_scheduler(space)
     tune_config = tune.TuneConfig(
         metric="objective",
         mode=t.mode,
@@ -270,15 +254,6 @@ def resource_source(space: SearchSpace, opts: SearchOptions, kind: str) -> str:
     if flag is not None:
         return f"--{kind.lower()}s-per-trial"
     return f"{space.source}: tune.resources.{kind.lower()}s"
-
-
-def make_sampler(seed: int, n_startup_trials: int):
-    import optuna
-
-    # group=True: TPE models each conditional sub-space (e.g. per backbone) on its own
-    return optuna.samplers.TPESampler(
-        seed=seed, multivariate=True, group=True, n_startup_trials=n_startup_trials
-    )
 
 
 def study_storage(run_dir: Path):
@@ -938,6 +913,8 @@ def fail_lost_trials(run_dir: Path, keep: set[str] = frozenset(), requeue: bool 
     would never run."""
     import optuna
 
+    from search.optuna_search import LOST
+
     storage = study_storage(run_dir)
     lost = 0
     for summary in optuna.get_all_study_summaries(storage):
@@ -947,7 +924,7 @@ def fail_lost_trials(run_dir: Path, keep: set[str] = frozenset(), requeue: bool 
                 continue
             if trial.user_attrs.get("ray_trial_id") in keep:
                 continue
-            storage.set_trial_user_attr(trial._trial_id, "fail_reason", "driver lost")
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", LOST)
             storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
             lost += 1
             if requeue and "fixed_params" in trial.system_attrs:

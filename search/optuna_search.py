@@ -27,9 +27,12 @@ from typing import Any
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from search.sampler import group_of
+
 log = logging.getLogger(__name__)
 
 FAILED_STATUSES = ("diverged", "oom")
+LOST = "driver lost"  # fail_reason of a study trial a killed driver left running
 SNAPSHOT_FILE = "study.db"  # the study's copy in Tune's experiment folder (URI storage only)
 
 # study name -> (this process's SQLite file of the study, whether to snapshot it); see
@@ -118,8 +121,10 @@ class HandReIDOptunaSearch(OptunaSearch):
             return
         used = {choice: 0 for choice in choices}
         for t in trials:
-            if t.params.get(name) in used:
-                used[t.params[name]] += 1
+            if t.user_attrs.get("fail_reason") == LOST:
+                continue  # a lost driver's trial: queued again (start points) or never ran
+            if group_of(t, name) in used:
+                used[group_of(t, name)] += 1
         self._ot_study.enqueue_trial({name: min(choices, key=used.__getitem__)})
 
     def known(self, trial_id: str) -> bool:

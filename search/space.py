@@ -155,6 +155,16 @@ class SearchSpace:
         param = next(p for p in self.params if p.key == key)
         return key, list(param.branches[0].choices)
 
+    def group_key(self) -> tuple[str, list] | None:
+        """The parameter whose values are tuned apart (each from its own trials' model, see
+        ``search.sampler``), with its choices: ``tune.balance``, else the backbone's key
+        (``tune.scheduler.bracket_by``) when searched."""
+        key = self.tune.balance or self.bracket_key()
+        param = next((p for p in self.params if p.key == key), None)
+        if param is None or param.branches[0].type != "categorical":
+            return None
+        return key, list(param.branches[0].choices)
+
     def define_by_run(self, trial) -> None:
         """Suggest every active parameter on ``trial`` (an Optuna trial or compatible)."""
         values: dict[str, Any] = {}
@@ -195,8 +205,8 @@ class SearchSpace:
 
     @property
     def warnings(self) -> list[str]:
-        """Legal but wasteful settings, one line each."""
-        return wasted_values(self)
+        """Legal but wasteful or unfair settings, one line each."""
+        return wasted_values(self) + unbalanced_comparison(self)
 
     # --------------------------------------------------------------- configs
 
@@ -284,6 +294,18 @@ def wasted_values(space: SearchSpace) -> list[str]:
                     "the range at 1, or list choices such as [1, 2, 4, -1])"
                 )
     return out
+
+
+def unbalanced_comparison(space: SearchSpace) -> list[str]:
+    """A space that compares backbones but lets TPE spend the budget where it likes: most
+    trials go to the backbone that scores higher early, and the other is compared on few."""
+    if space.tune.balance is not None or "model.backbone" not in {p.key for p in space.params}:
+        return []
+    return [
+        f"{space.source}: model.backbone is searched without tune.balance; TPE spends most "
+        "trials on the backbone that scores higher early, so the comparison rests on few "
+        "trials of the other (set tune.balance: model.backbone)"
+    ]
 
 
 def _load_base(base: Any, folder: Path) -> Config:

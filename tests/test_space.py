@@ -77,6 +77,16 @@ def test_a_range_that_can_freeze_the_encoder_is_flagged(tmp_path):
     assert load_space(write_space(tmp_path, both)).warnings == []  # post-BN part can move
 
 
+def test_a_space_that_compares_backbones_balances_or_is_warned(tmp_path):
+    search = {"model.backbone": {"type": "categorical", "choices": ["tiny-vit", "tiny-rn"]}}
+    (line,) = load_space(write_space(tmp_path, search)).warnings
+    assert "without tune.balance" in line
+    balanced = write_space(tmp_path, search, tune={"balance": "model.backbone"})
+    assert load_space(balanced).warnings == []
+    for name in ("demo", "compare"):  # every shipped space that searches the backbone
+        assert load_space(REPO / "spaces" / f"{name}.yml").tune.balance == "model.backbone"
+
+
 def test_int_bounds_are_inclusive_and_log_is_passed(tmp_path):
     space = load_space(
         write_space(
