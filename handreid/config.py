@@ -256,6 +256,9 @@ class TrainConfig:
     batch_size: int = 32
     num_instances: int = 4  # K of the PK sampler
     patience: int = 5  # early stopping on val mAP; 0 = off
+    # no epoch before this share of the epochs (nor inside the warm-up) counts against
+    # patience; a search sets it to its tune.scheduler.judge_after
+    patience_after: float = 0.0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     grad_accum: int = 1
     cpu: bool = False
@@ -276,6 +279,7 @@ class TrainConfig:
         )
         _check(self.batch_size // self.num_instances >= 2, "batch_size", "needs P >= 2 identities")
         _check(self.patience >= 0, "patience", "must be >= 0")
+        _check(0 <= self.patience_after < 1, "patience_after", "must be in [0, 1)")
         # Refused rather than half-supported: accumulation would need the center step, the
         # scheduler's step count and the per-epoch sync state reworked, and fp16 would need
         # a loss scaler per optimiser in both stages. bf16 needs neither and is the default.

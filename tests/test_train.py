@@ -190,6 +190,52 @@ def test_early_stopping_on_a_flat_validation_curve(tiny_cfg, tmp_path):
     assert "test" in result  # the best checkpoint is still evaluated
 
 
+def scripted_curve(monkeypatch, curve):
+    """Epochs that train nothing and score ``curve``, one value per epoch, in the loop."""
+    values = iter(curve)
+    monkeypatch.setattr(
+        Trainer, "train_epoch", lambda self, e: {"loss": 0.0, "images_per_second": 0.0}
+    )
+    monkeypatch.setattr(
+        Trainer, "validate", lambda self: {"val_mAP": next(values), "val_rank1": 0.0}
+    )
+
+
+# OneCycle over 10 epochs warms up for 3: its peak is at epoch 1, then the warm-up dips
+WARM_UP_DIP = [0.5, 0.4, 0.3, 0.6, 0.7, 0.8, 0.7, 0.65, 0.9, 0.85]
+
+
+def test_patience_does_not_count_inside_the_warm_up(tiny_cfg, tmp_path, monkeypatch):
+    """Epochs 2-3 are worse than epoch 1 but inside OneCycle's warm-up: with patience 2 the
+    run is not stopped there; it stops after two bad epochs past it (7 and 8)."""
+    scripted_curve(monkeypatch, WARM_UP_DIP)
+    cfg = tiny_cfg(**{"optim.scheduler": "onecycle", "train.epochs": 10, "train.patience": 2})
+    epochs = []
+    result = train(
+        cfg, tmp_path / "run", report=lambda m, _: epochs.append(m["epoch"]), evaluate_on_test=False
+    )
+    assert result["status"] == "early_stopped"
+    assert epochs == list(range(1, 9)) and result["best_epoch"] == 6
+
+
+@pytest.mark.parametrize(
+    "overrides, stopped_at",
+    [
+        ({"optim.scheduler": "onecycle"}, 5),  # warm-up 3 epochs: bad epochs 4 and 5 count
+        ({"optim.scheduler": "cosine", "optim.warmup_epochs": 2.5}, 4),  # epochs 3 and 4
+        ({"optim.scheduler": "cosine", "train.patience_after": 0.6}, 7),  # epochs 6 and 7
+        ({"optim.scheduler": "cosine"}, 3),  # no warm-up: epochs 2 and 3, as before
+    ],
+)
+def test_early_stopping_waits_for_the_warm_up_and_patience_after(
+    tiny_cfg, tmp_path, monkeypatch, overrides, stopped_at
+):
+    scripted_curve(monkeypatch, [0.5] + [0.3] * 9)  # never better than epoch 1
+    cfg = tiny_cfg(**{"train.epochs": 10, "train.patience": 2, **overrides})
+    result = train(cfg, tmp_path / "run", evaluate_on_test=False)
+    assert result["status"] == "early_stopped" and result["epochs"] == stopped_at
+
+
 def test_a_nan_loss_ends_the_run_as_diverged(tiny_cfg, tmp_path, monkeypatch):
     from handreid.losses import LossSet
 

@@ -37,7 +37,8 @@ from handreid.eval.evaluator import evaluate_protocol, evaluate_val, extract_fea
 from handreid.losses import LossInputs, build_loss_set
 from handreid.models.model import build_model
 from handreid.train import checkpoint as ckpt
-from handreid.train.optim import make_optimizer, make_scheduler, stage2_groups
+from handreid.train.early_stopping import bad_epochs, first_judged_epoch, should_stop
+from handreid.train.optim import make_optimizer, make_scheduler, stage2_groups, warmup_epochs
 from handreid.train.stage1 import cached_stage1, stage1_key, train_prompts
 
 log = logging.getLogger(__name__)
@@ -389,10 +390,8 @@ class Trainer:
             p.epoch = epoch
             improved = stats["val_mAP"] > p.best_map
             if improved:
-                p.best_map, p.best_epoch, p.bad_epochs = stats["val_mAP"], epoch, 0
-            else:
-                p.bad_epochs += 1
-            stop = cfg.train.patience > 0 and p.bad_epochs >= cfg.train.patience
+                p.best_map, p.best_epoch = stats["val_mAP"], epoch
+            stop = self._early_stop(stats["val_mAP"])
             p.status = (
                 "early_stopped" if stop else ("done" if epoch == cfg.train.epochs else "running")
             )
@@ -421,6 +420,17 @@ class Trainer:
                 stats["images_per_second"],
             )
         return p.status if p.status != "running" else "done"
+
+    def _early_stop(self, val_map: float) -> bool:
+        """Count this epoch against patience unless it is inside the warm-up (or before
+        ``train.patience_after``); True when the run stops here."""
+        o, t = self.cfg.optim, self.cfg.train
+        start = first_judged_epoch(
+            warmup_epochs(o.scheduler, o.warmup_epochs, t.epochs), t.patience_after, t.epochs
+        )
+        curve = [row["val_mAP"] for row in self.progress.history] + [val_map]
+        self.progress.bad_epochs = bad_epochs(curve, start)
+        return should_stop(curve, t.patience, start)
 
     def _report(self, row: dict[str, Any], path: Path | None) -> None:
         if self.report is not None:
