@@ -28,6 +28,12 @@ from handreid.config import dump_config
 from handreid.errors import HandReIDError
 from search.space import SearchSpace, config_key
 from search.trainable import fetch_best
+from search.tune_state import (  # noqa: F401  (confirm and cli import these from here)
+    ENDED,
+    align_search_state,
+    saved_trials,
+    search_finished,
+)
 
 log = logging.getLogger(__name__)
 
@@ -381,72 +387,6 @@ def restore_tuner(space: SearchSpace, opts: SearchOptions, path: str):
 
 
 # ------------------------------------------------------------------ stop and resume
-
-ENDED = ("TERMINATED", "ERROR")  # Tune's trial states that a resume does not continue
-
-
-def saved_trials(path: str) -> list:
-    """The trials of Tune's newest experiment state snapshot, as a restore would load them."""
-    from ray.tune import ExperimentAnalysis
-
-    return ExperimentAnalysis(path).trials
-
-
-def align_search_state(path: str, trials: list) -> None:
-    """Make the saved search generator agree with the saved trial list before a restore.
-
-    Tune writes its driver state to a staging folder and copies it to storage file by file,
-    in the background. A driver killed during that copy leaves files of two snapshots: a
-    search generator that already counted trials the trial list never got. Restored as is,
-    the search ends short of ``num_samples`` (it believes those trials were created), and the
-    concurrency limiter holds slots for trials that will never run. Here the count becomes
-    the trial list's length and the limiter's live trials the unfinished ones of the list;
-    the study trials of the missing ones are failed as lost (``fail_lost_trials``)."""
-    import fnmatch
-
-    import pyarrow.fs
-    import ray.cloudpickle as cloudpickle
-    from ray.tune.search import SearchGenerator
-
-    fs, root = pyarrow.fs.FileSystem.from_uri(path)
-    pattern = SearchGenerator.CKPT_FILE_TMPL.format("*")
-    names = [
-        info.base_name
-        for info in fs.get_file_info(pyarrow.fs.FileSelector(root))
-        if fnmatch.fnmatch(info.base_name, pattern)
-    ]
-    if not names:
-        return
-    state_path = f"{root}/{max(names)}"  # the newest, as Tune's restore picks it
-    with fs.open_input_stream(state_path) as f:
-        state = cloudpickle.loads(f.readall())
-    live = {t.trial_id for t in trials if t.status not in ENDED}
-    limiter = state.get("name:ConcurrencyLimiter", {})
-    if state["counter"] == len(trials) and set(limiter.get("live_trials", live)) == live:
-        return
-    log.warning(
-        "the saved search state (%d trials created) disagrees with the saved trial list "
-        "(%d trials), from a driver killed while saving: aligned with the trial list",
-        state["counter"],
-        len(trials),
-    )
-    state["counter"] = len(trials)
-    state["finished"] = False  # trials the list lacks are to be created again
-    if limiter:
-        limiter["live_trials"] = live
-        limiter["num_unfinished_live_trials"] = len(live)
-    tmp = f"{root}/.aligned-{max(names)}"
-    with fs.open_output_stream(tmp) as f:
-        f.write(cloudpickle.dumps(state))
-    fs.move(tmp, state_path)
-
-
-def search_finished(path: str, num_samples: int) -> bool:
-    """Whether the search ran to its end. After a stop signal ``fit`` returns normally and
-    Tune's in-memory trials all read TERMINATED (stopping marks them so), so the answer comes
-    from the snapshot Tune saved before stopping: every trial ended, and all were created."""
-    trials = saved_trials(path)
-    return len(trials) >= num_samples and all(t.status in ENDED for t in trials)
 
 
 class StopSignals:
