@@ -52,26 +52,39 @@ PREFIX = "confirm-"  # the rounds' Tune experiments: confirm-1, confirm-2, ...
 PLAN = "plan.json"
 SUMMARY = "confirm.csv"
 METRICS = ("rank1", "rank5", "rank10", "mAP")
+CONFIRM, SCORE = "confirm", "score"  # a run that helps choose the winner / scores it
+# scoring seeds are the search run's train.seed + 1000 + 1, 2, ...: never a seed that chose,
+# however far a confirmation is extended (tune.confirm.seeds < 1000)
+SCORE_SEED_OFFSET = 1000
 
 
 @dataclass(frozen=True)
 class Run:
-    """One confirmation run: the configuration of search trial ``config_id``, one seed."""
+    """One run of search trial ``config_id``'s configuration with another seed: a
+    confirmation run (``role`` confirm, it helps choose) or a scoring run (score)."""
 
     config_id: str
     train_seed: int
     params: dict[str, Any] = field(compare=False)  # that trial's parameters (Optuna names)
+    role: str = CONFIRM
 
     @property
     def key(self) -> str:
-        return f"confirm_{self.config_id}_seed{self.train_seed}"
+        return f"{self.role}_{self.config_id}_seed{self.train_seed}"
 
     def as_config(self) -> dict[str, Any]:
-        return {"config_id": self.config_id, "train_seed": self.train_seed, "params": self.params}
+        return {
+            "config_id": self.config_id,
+            "train_seed": self.train_seed,
+            "params": self.params,
+            "role": self.role,
+        }
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Run:
-        return cls(str(config["config_id"]), int(config["train_seed"]), dict(config["params"]))
+        role = str(config.get("role", CONFIRM))  # plans written before scoring runs: confirm
+        params = dict(config["params"])
+        return cls(str(config["config_id"]), int(config["train_seed"]), params, role)
 
 
 def run_confirm_trial(
@@ -130,6 +143,11 @@ class FixedRuns(Searcher):
 
 def confirm_seeds(space: SearchSpace, opts) -> int:
     return space.tune.confirm.seeds if opts.confirm_seeds is None else opts.confirm_seeds
+
+
+def score_seed_count(space: SearchSpace, opts) -> int:
+    given = getattr(opts, "score_seeds", None)
+    return space.tune.confirm.score_seeds if given is None else given
 
 
 def wanted_runs(space: SearchSpace, table: pd.DataFrame, results: dict, seeds: int) -> list[Run]:
@@ -202,8 +220,9 @@ def has_state(path: str) -> bool:
 
 
 def run_confirmation(space: SearchSpace, opts, grid, stop) -> list[tuple[Run, Any]] | None:
-    """Plan and run (or resume) the confirmation after a finished search; returns each run
-    of the confirmed configurations with its Tune result, or None when confirmation is off."""
+    """Plan and run (or resume) the confirmation after a finished search, then the scoring
+    runs of each backbone's winner; returns the runs of the confirmed configurations and
+    the winners' scoring runs with their Tune results, or None when confirmation is off."""
     from search.driver import experiment_path, search_table
 
     seeds = confirm_seeds(space, opts)
@@ -211,23 +230,13 @@ def run_confirmation(space: SearchSpace, opts, grid, stop) -> list[tuple[Run, An
         return None
     experiment = experiment_path(opts)
     results = {Path(r.path).name: r for r in grid}
-    wanted = wanted_runs(space, search_table(space, grid), results, seeds)
+    table = search_table(space, grid)
+    wanted = wanted_runs(space, table, results, seeds)
     if not wanted:  # no trial ended well: nothing to confirm
         log.warning("confirmation: no complete trial to confirm")
         return None
     rounds = read_rounds(experiment)
-    base: dict[str, int] = {}  # each configuration's search seed (its seed 1 comes first)
-    for run in wanted:
-        base.setdefault(run.config_id, run.train_seed - 1)
-    most = max(
-        (
-            r.train_seed - base[r.config_id]
-            for _, runs in rounds
-            for r in runs
-            if r.config_id in base
-        ),
-        default=0,
-    )
+    most = seeds_run(wanted, rounds)
     if most > seeds:  # every configuration is compared over the same seeds
         log.warning(
             "confirmation: %d seeds asked, but %d already ran for some configuration: "
@@ -236,21 +245,69 @@ def run_confirmation(space: SearchSpace, opts, grid, stop) -> list[tuple[Run, An
             most,
             most,
         )
-        seeds = most
-        wanted = wanted_runs(space, search_table(space, grid), results, seeds)
-    planned = {r.key for _, runs in rounds for r in runs}
-    missing = [r for r in wanted if r.key not in planned]
-    if missing:
-        number = 1 + max((int(n[len(PREFIX) :]) for n, _ in rounds), default=0)
-        rounds.append((f"{PREFIX}{number}", missing))
-        write_plan(experiment, *rounds[-1])
-        configs = len({r.config_id for r in missing})
-        log.info("confirmation: %d runs of %d configurations", len(missing), configs)
+        wanted = wanted_runs(space, table, results, most)
+    plan_missing(experiment, rounds, wanted)
+    done = run_rounds(space, opts, rounds, stop)
+    keys = {r.key for r in wanted}
+    selection = [(run, result) for run, result in done if run.key in keys]
+    scoring = scoring_runs(space, table, selection, score_seed_count(space, opts))
+    if plan_missing(experiment, rounds, scoring):
+        done += run_rounds(space, opts, rounds[-1:], stop)
+    keys = {r.key for r in scoring}
+    return selection + [(run, result) for run, result in done if run.key in keys]
+
+
+def seeds_run(wanted: list[Run], rounds: list[tuple[str, list[Run]]]) -> int:
+    """The most confirmation seeds any of the ``wanted`` configurations has been planned."""
+    base: dict[str, int] = {}  # each configuration's search seed (its seed 1 comes first)
+    for run in wanted:
+        base.setdefault(run.config_id, run.train_seed - 1)
+    return max(
+        (
+            r.train_seed - base[r.config_id]
+            for _, runs in rounds
+            for r in runs
+            if r.role == CONFIRM and r.config_id in base
+        ),
+        default=0,
+    )
+
+
+def plan_missing(experiment: str, rounds: list, runs: list[Run]) -> bool:
+    """Append a round of the ``runs`` no round planned yet (its plan written); whether any."""
+    planned = {r.key for _, old in rounds for r in old}
+    missing = [r for r in runs if r.key not in planned]
+    if not missing:
+        return False
+    number = 1 + max((int(n[len(PREFIX) :]) for n, _ in rounds), default=0)
+    rounds.append((f"{PREFIX}{number}", missing))
+    write_plan(experiment, *rounds[-1])
+    configs = len({r.config_id for r in missing})
+    what = "scoring" if missing[0].role == SCORE else "confirmation"
+    log.info("%s: %d runs of %d configurations", what, len(missing), configs)
+    return True
+
+
+def run_rounds(space: SearchSpace, opts, rounds: list, stop) -> list[tuple[Run, Any]]:
     done = []
     for name, runs in rounds:  # earlier rounds first; a finished one is only read back
         done += run_round(space, opts, name, runs, stop)
-    confirmed = {r.config_id for r in wanted}
-    return [(run, result) for run, result in done if run.config_id in confirmed]
+    return done
+
+
+def scoring_runs(space: SearchSpace, table, selection, count: int) -> list[Run]:
+    """``count`` fresh seeds of each backbone's winner (best mean over the seeds that chose
+    it): the search run's seed + SCORE_SEED_OFFSET + 1, 2, ..."""
+    configs = summary(space, pd.concat([table, run_table(space, selection)], ignore_index=True))
+    search = table.set_index("trial_id")
+    params = {run.config_id: run.params for run, _ in selection}
+    runs = []
+    for config_id in configs.loc[configs["winner"], "config_id"]:
+        base = int(search.loc[config_id, "train_seed"])
+        for i in range(1, count + 1):
+            seed = base + SCORE_SEED_OFFSET + i
+            runs.append(Run(str(config_id), seed, params[config_id], SCORE))
+    return runs
 
 
 def round_ended(trials: list, runs: list[Run]) -> bool:
@@ -313,7 +370,11 @@ def run_round(space: SearchSpace, opts, name: str, runs: list[Run], stop) -> lis
 def run_label(trial) -> str:
     """A confirmation run in the terminal: the configuration it repeats, and its seed."""
     run = Run.from_config(trial.config)
-    return f"confirm {run.config_id} seed {run.train_seed}"
+    return f"{run.role} {run.config_id} seed {run.train_seed}"
+
+
+def round_kind(runs: list[Run]) -> str:
+    return "scoring" if runs and runs[0].role == SCORE else "confirmation"
 
 
 def confirm_tuner(space: SearchSpace, opts, name: str, runs: list[Run], trainable):
@@ -343,7 +404,7 @@ def confirm_tuner(space: SearchSpace, opts, name: str, runs: list[Run], trainabl
         storage_path=experiment_path(opts),
         failure_config=tune.FailureConfig(max_failures=t.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=t.checkpoints_to_keep),
-        callbacks=[TrialSummary(t.metric, len(runs), label=run_label, desc="confirmation")]
+        callbacks=[TrialSummary(t.metric, len(runs), label=run_label, desc=round_kind(runs))]
         if opts.progress
         else [],
         verbose=opts.verbose,
@@ -355,13 +416,13 @@ def confirm_tuner(space: SearchSpace, opts, name: str, runs: list[Run], trainabl
 
 
 def run_table(space: SearchSpace, confirmed: list[tuple[Run, Any]]) -> pd.DataFrame:
-    """The confirmation runs as trials.csv rows (``role`` confirm)."""
+    """The confirmation and scoring runs as trials.csv rows (``role`` confirm or score)."""
     from search.driver import trial_row
 
     rows = []
     for run, result in confirmed:
         row = trial_row(space, result, {**run.params, "train.seed": run.train_seed})
-        rows.append({**row, "role": "confirm", "config_id": run.config_id})
+        rows.append({**row, "role": run.role, "config_id": run.config_id})
     table = pd.DataFrame(rows)
     return table.sort_values(["backbone", "config_id", "train_seed"], kind="stable")
 
@@ -375,7 +436,7 @@ def summary(space: SearchSpace, table: pd.DataFrame) -> pd.DataFrame:
     all its seeds (the search run's included; a run that did not complete is left out)."""
     metric, sign = f"best_{space.tune.metric}", 1.0 if space.tune.mode == "max" else -1.0
     search = table[table["role"] == "search"].set_index("trial_id")
-    runs = table[table["role"] == "confirm"]
+    runs = table[table["role"] == CONFIRM]
     rows = []
     for config_id, part in runs.groupby("config_id", sort=False):
         own = search.loc[config_id]
@@ -411,17 +472,19 @@ def summary(space: SearchSpace, table: pd.DataFrame) -> pd.DataFrame:
 
 
 def wrap_up(space: SearchSpace, opts, table, results: dict, confirmed, run_dir: Path) -> dict:
-    """confirm.csv, every seed of each backbone's confirmed winner scored on the test
-    protocol, best/<backbone>/, and the study's user attributes. Returns the test metrics
-    per scored run (trial id), for the test_* columns of trials.csv."""
+    """confirm.csv, the scoring runs of each backbone's confirmed winner (fresh seeds, which
+    chose nothing) scored on the test protocol, best/<backbone>/, and the study's user
+    attributes. Returns the test metrics per scored run (trial id), for the test_* columns
+    of trials.csv: only scoring runs have them."""
     from search.driver import STUDY_FILE, study_name
 
     configs = summary(space, table)
     write_csv(configs, run_dir / SUMMARY)
-    seeds = winner_seeds(space, table, results, confirmed, configs)
+    seeds = winner_seeds(table, confirmed, configs, SCORE)
     tests = score_seeds(space, opts, seeds)
+    selection = winner_seeds(table, confirmed, configs, CONFIRM)
     for backbone, part in configs.groupby("backbone", sort=False):
-        write_best(space, opts, run_dir, part, seeds[backbone], tests)
+        write_best(space, opts, run_dir, part, seeds[backbone], selection[backbone], tests)
     record_in_study(run_dir / STUDY_FILE, study_name(opts), configs)
     return tests
 
@@ -448,19 +511,20 @@ class Seed:
     result: Any
 
 
-def winner_seeds(space, table, results, confirmed, configs) -> dict[str, list[Seed]]:
-    """Each backbone's winner: its search run, then its confirmation runs by seed."""
-    by_trial = {str(r["trial_id"]): r for r in table.to_dict("records")}
+def winner_seeds(table, confirmed, configs, role: str) -> dict[str, list[Seed]]:
+    """Each backbone's winner's runs of ``role`` by seed: the scoring runs (SCORE), or the
+    runs that chose it (CONFIRM: the search run first, then its confirmation runs)."""
+    by_path = {str(r["path"]): r for r in table.to_dict("records")}
     out: dict[str, list[Seed]] = {}
     for w in configs[configs["winner"]].itertuples():
-        row = by_trial[w.config_id]
-        result = results[Path(row["path"]).name]
-        seeds = [Seed(row, dict(result.config or {}), result)]
+        seeds = []
+        if role == CONFIRM:
+            row = table[(table["role"] == "search") & (table["trial_id"] == w.config_id)]
+            seeds.append(Seed(row.iloc[0].to_dict(), {}, None))
         for run, res in sorted(confirmed, key=lambda x: x[0].train_seed):
-            if run.config_id == w.config_id:
-                trial_id = str(table.loc[table["path"] == res.path, "trial_id"].iloc[0])
+            if run.config_id == w.config_id and run.role == role:
                 params = {**run.params, "train.seed": run.train_seed}
-                seeds.append(Seed(by_trial[trial_id], params, res))
+                seeds.append(Seed(by_path[str(res.path)], params, res))
         out[w.backbone] = seeds
     return out
 
@@ -504,9 +568,12 @@ def _number(value: Any) -> float | None:
     return float(value) if _finite(value) else None
 
 
-def write_best(space, opts, run_dir: Path, configs, seeds: list[Seed], tests) -> None:
-    """best/<backbone>/: the confirmed winner's search run (config, weights) and the test
-    metrics of all its seeds, mean and std over seeds x splits."""
+def write_best(
+    space, opts, run_dir: Path, configs, seeds: list[Seed], selection: list[Seed], tests
+) -> None:
+    """best/<backbone>/: the confirmed winner's first scoring run (config, weights), the
+    test metrics of its scoring runs (mean and std over seeds x splits), and the validation
+    values of the runs that chose it (``selection``: evidence for the choice, never scored)."""
     from search.driver import save_best, scratch_root
 
     winner = configs[configs["winner"]].iloc[0]
@@ -515,30 +582,53 @@ def write_best(space, opts, run_dir: Path, configs, seeds: list[Seed], tests) ->
     scored = [e for e in entries if "error" not in e]
     if len(scored) < len(entries):
         log.warning(
-            "%s: %d of %d seeds of the winner have no test score; left out of the means",
+            "%s: %d of %d scoring seeds of the winner have no test score; left out of the "
+            "means",
             winner["backbone"],
             len(entries) - len(scored),
             len(entries),
         )
+    metric = f"best_{space.tune.metric}"
     doc: dict[str, Any] = {
         "trial_id": winner["config_id"],
         "config_id": winner["config_id"],
         "confirmed": True,
+        "scored_on": "fresh seeds",  # seeds that took no part in choosing the winner
         "single_seed_winner": single,
         "same_as_single_seed": single == winner["config_id"],
         "val_mean": _number(winner["val_mean"]),
         "val_std": _number(winner["val_std"]),
         "seeds": entries,
+        "selection": [
+            {
+                "trial_id": str(s.row["trial_id"]),
+                "train_seed": int(s.row["train_seed"]),
+                "role": str(s.row.get("role", "search")),
+                "val": _number(s.row.get(metric)),
+            }
+            for s in selection
+        ],
     }
     for m in METRICS:
         values = np.array([s[m] for e in scored for s in e["per_split"]], dtype=float)
         values = values[np.isfinite(values)]
         doc[m] = float(values.mean()) if values.size else None
         doc[f"{m}_std"] = float(values.std()) if values.size else None
-    search = seeds[0]
-    cfg = space.trial_config(search.params)
     folder = run_dir / "best" / str(winner["backbone"])
-    save_best(folder, cfg, search.result.checkpoint, scratch_root(opts), doc)
+    kept = next((s for s in seeds if s.result.checkpoint is not None), None)
+    if kept is None:
+        log.warning("%s: no scoring run of the winner has weights to keep", folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / "test_metrics.json", doc)
+        return
+    cfg = space.trial_config(kept.params)
+    save_best(folder, cfg, kept.result.checkpoint, scratch_root(opts), doc)
+
+
+def write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=float))
+    tmp.replace(path)
 
 
 def record_in_study(path: Path, name: str, configs: pd.DataFrame) -> None:

@@ -18,7 +18,8 @@ A space file has four sections::
     start_points:                       # evaluated first; unlisted keys take the base value
       - {model.backbone: tiny-vit}
     tune: {num_samples: 12, metric: val_mAP, mode: max, scheduler: {...}, resources: {...},
-           confirm: {top_k: 3, seeds: 3}}  # retrain the top 3 per backbone with 3 more seeds
+           confirm: {top_k: 3, seeds: 3, score_seeds: 3}}  # retrain the top 3 per backbone
+                                        # with 3 more seeds; the winner with 3 fresh ones
 
 Integer bounds are inclusive. A branch's Optuna parameter name is ``key`` when the key
 has one branch and ``key (cond=value)`` otherwise, as optuna-dashboard shows it;
@@ -97,10 +98,13 @@ class Param:
 @dataclass(frozen=True)
 class ConfirmSettings:
     """After the search: the ``top_k`` configurations per backbone (by the objective) are
-    trained again with ``seeds`` more training seeds; ``seeds: 0`` turns this off."""
+    trained again with ``seeds`` more training seeds; ``seeds: 0`` turns this off. Each
+    backbone's winner (best mean) is then trained with ``score_seeds`` fresh seeds, which
+    chose nothing, and only those are scored on the test protocol."""
 
     top_k: int = 3
     seeds: int = 3
+    score_seeds: int = 3
 
 
 @dataclass(frozen=True)
@@ -215,10 +219,15 @@ class SearchSpace:
         return self.tune.max_epochs or self.base.train.epochs
 
     def trial_config(self, params: dict[str, Any], extra: dict[str, Any] | None = None) -> Config:
-        """Base config + fixed overrides + ``extra`` + a trial's parameters (Optuna names)."""
+        """Base config + fixed overrides + ``extra`` + a trial's parameters (Optuna names),
+        with early stopping held back to the space's judge point as ASHA's rungs are
+        (``train.patience_after``; a later one the config sets is kept)."""
         flat = {**self.fixed, "train.epochs": self.max_epochs, **(extra or {})}
         flat.update({config_key(name): value for name, value in params.items()})
-        return apply_overrides(self.base, flat)
+        cfg = apply_overrides(self.base, flat)
+        if cfg.train.patience_after >= self.tune.judge_after:
+            return cfg
+        return apply_overrides(cfg, {"train.patience_after": self.tune.judge_after})
 
 
 # ------------------------------------------------------------------ parsing
@@ -474,6 +483,8 @@ def _parse_tune(doc: dict) -> TuneSettings:
         (tune.top_k >= 0, "top_k", "must be >= 0"),
         (tune.confirm.top_k >= 0, "confirm.top_k", "must be >= 0"),
         (tune.confirm.seeds >= 0, "confirm.seeds", "must be >= 0 (0: no confirmation)"),
+        (tune.confirm.seeds < 1000, "confirm.seeds", "must be < 1000 (scoring seeds start there)"),
+        (tune.confirm.score_seeds >= 1, "confirm.score_seeds", "must be >= 1"),
     ]
     for ok, key, message in checks:
         if not ok:

@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-from handreid.config import Config, apply_overrides
 from handreid.errors import HandReIDError
 from handreid.train.checkpoint import atomic_link, atomic_save
 from search.space import SearchSpace
@@ -196,14 +195,6 @@ def history_after(out: Path, epoch: int, space: SearchSpace) -> list[dict[str, A
     return rows
 
 
-def trial_config(space: SearchSpace, params: dict[str, Any], extra: dict[str, Any]) -> Config:
-    """A trial's config, with early stopping held back to the space's judge point as ASHA's
-    rungs are (``train.patience_after``; a later one the config sets is kept)."""
-    cfg = space.trial_config(params, extra)
-    after = max(cfg.train.patience_after, space.tune.judge_after)
-    return apply_overrides(cfg, {"train.patience_after": after})
-
-
 def run_trial(
     params: dict[str, Any],
     *,
@@ -223,7 +214,7 @@ def run_trial(
     from handreid.train.optim import warmup_epochs
     from handreid.train.trainer import train
 
-    cfg = trial_config(space, params, extra)
+    cfg = space.trial_config(params, extra)
     judged = {  # ASHA judges the trial only after its warm-up and the space's share of it
         "warmup_epochs": warmup_epochs(
             cfg.optim.scheduler, cfg.optim.warmup_epochs, cfg.train.epochs

@@ -1,6 +1,6 @@
 """The confirmation stage: the search's top configurations trained again with more seeds,
-the confirmed winner scored on every seed, a killed confirmation resumed, and
-``--confirm RUN_DIR`` confirming (and extending) a finished search."""
+the confirmed winner trained with fresh seeds that alone are scored, a killed confirmation
+resumed, and ``--confirm RUN_DIR`` confirming (and extending) a finished search."""
 
 from __future__ import annotations
 
@@ -71,8 +71,27 @@ def check_runs(run_dir: Path, configs: int, seeds: int) -> pd.DataFrame:
     assert set(runs["config_id"]) <= set(table.loc[table["role"] == "search", "trial_id"])
     assert set(runs["status"]) == {"complete"}, runs[["trial_id", "status", "fail_reason"]]
     folders = {p.name for p in run_dir.glob("confirm-*/trial_*") if (p / "result.json").is_file()}
-    assert folders == {f"trial_{t}" for t in runs["trial_id"]}
+    extra = table[table["role"] == "score"]
+    assert folders == {f"trial_{t}" for t in [*runs["trial_id"], *extra["trial_id"]]}
     return runs
+
+
+def check_scoring(run_dir: Path, backbone: str, seeds: int) -> dict:
+    """best/<backbone>/test_metrics.json: the scored runs are the winner's fresh seeds, and
+    the runs that chose it are selection evidence (validation only); returns the file."""
+    table, confirm = read_trials(run_dir), read_confirm(run_dir)
+    winner = confirm[(confirm["backbone"] == backbone) & confirm["winner"]]["config_id"].iloc[0]
+    test = json.loads((run_dir / "best" / backbone / "test_metrics.json").read_text())
+    assert test["config_id"] == winner and test["scored_on"] == "fresh seeds"
+    chose = table[(table["config_id"] == winner) & table["role"].isin(["search", "confirm"])]
+    assert sorted(s["train_seed"] for s in test["selection"]) == sorted(chose["train_seed"])
+    assert [s["train_seed"] for s in test["seeds"]] == [1000 + i for i in range(1, seeds + 1)]
+    fresh = table[(table["role"] == "score") & (table["config_id"] == winner)]
+    assert {s["trial_id"] for s in test["seeds"]} == set(fresh["trial_id"])
+    assert not set(fresh["train_seed"]) & set(chose["train_seed"])  # disjoint seeds
+    scored = table.dropna(subset=["test_mAP"])
+    assert set(scored["role"]) <= {"score"}  # a run that chose is never scored
+    return test
 
 
 # ------------------------------------------------------------------ a search, confirmed
@@ -93,7 +112,7 @@ def test_a_search_confirms_its_top_configurations_and_scores_the_winners_seeds(
         ],
         # no rung: every search trial completes, so each is a candidate (only complete
         # trials are confirmed)
-        tune={"confirm": {"top_k": 2, "seeds": 2}, "scheduler": no_rung(2)},
+        tune={"confirm": {"top_k": 2, "seeds": 2, "score_seeds": 2}, "scheduler": no_rung(2)},
     )
     args = ["--space", str(space), "--storage", str(tmp_path / "runs"), "--name", "a"]
     code, out, err = search(args, capsys)
@@ -126,7 +145,7 @@ def test_a_search_confirms_its_top_configurations_and_scores_the_winners_seeds(
     assert vit.loc[vit["val_mean"].idxmax(), "winner"] and vit["winner"].sum() == 1
     assert vit.loc[vit["search_val"].idxmax(), "single_seed_rank"] == 1
 
-    # best/<backbone>/: the confirmed winner, every seed scored on the 10 test splits
+    # best/<backbone>/: the confirmed winner, its 2 fresh seeds scored on the 10 test splits
     scored = table.dropna(subset=["test_mAP"])
     for w in confirm[confirm["winner"]].itertuples():
         best = run_dir / "best" / w.backbone
@@ -138,11 +157,10 @@ def test_a_search_confirms_its_top_configurations_and_scores_the_winners_seeds(
         assert test["single_seed_winner"] == single["config_id"].iloc[0]
         assert test["same_as_single_seed"] == (test["single_seed_winner"] == w.config_id)
         assert math.isclose(test["val_mean"], w.val_mean)
+        check_scoring(run_dir, w.backbone, seeds=2)
         seeds = test["seeds"]
-        assert [s["train_seed"] for s in seeds] == [0, 1, 2]
-        assert seeds[0]["trial_id"] == w.config_id
         own_runs = set(runs.loc[runs["config_id"] == w.config_id, "trial_id"])
-        assert {s["trial_id"] for s in seeds[1:]} == own_runs
+        assert {s["trial_id"] for s in test["selection"]} == own_runs | {w.config_id}
         all_splits = []
         for s in seeds:
             assert len(s["per_split"]) == 10 and set(s["per_split"][0]) == {
@@ -159,8 +177,8 @@ def test_a_search_confirms_its_top_configurations_and_scores_the_winners_seeds(
         assert math.isclose(test["mAP"], pd.Series(all_splits).mean())
         assert math.isclose(test["mAP_std"], pd.Series(all_splits).std(ddof=0))
     winners = confirm.loc[confirm["winner"], "config_id"]
-    winner_runs = table[table["config_id"].isin(winners)]
-    assert set(scored["trial_id"]) == set(winner_runs["trial_id"])  # test chose nothing
+    fresh = table[table["config_id"].isin(winners) & (table["role"] == "score")]
+    assert set(scored["trial_id"]) == set(fresh["trial_id"]) and len(fresh) == 4
 
     # the study: user attributes on the confirmed configurations' trials, no new trials
     attrs = study_attrs(run_dir, "a")
@@ -176,6 +194,7 @@ def test_a_search_confirms_its_top_configurations_and_scores_the_winners_seeds(
     shown = " ".join(lines[head + 2 : head + 4])
     assert all(config in shown for config in winners), lines[head : head + 4]
     assert "confirmation runs: 6 (6 complete)" in out
+    assert "scoring runs: 4 (4 complete)" in out
     assert any(line.startswith("Confirmation: ") for line in lines), out
 
 
@@ -191,7 +210,7 @@ def test_a_driver_killed_during_confirmation_resumes_losing_and_repeating_no_run
         fixed={"data.synth.ids": 16, "model.backbone": "tiny-rn"},
         search=RN_ONLY,
         start_points=[{"optim.lr_visual": 3e-3}, {"optim.lr_visual": 1e-3}],
-        tune={"confirm": {"top_k": 2, "seeds": 2}, "scheduler": no_rung(3)},
+        tune={"confirm": {"top_k": 2, "seeds": 2, "score_seeds": 1}, "scheduler": no_rung(3)},
     )
     cmd = search_command(space, tmp_path / "runs", "k")
     run_dir = tmp_path / "runs" / "k"
@@ -224,8 +243,7 @@ def test_a_driver_killed_during_confirmation_resumes_losing_and_repeating_no_run
         assert {r["epoch"] for r in rows} == {1, 2, 3}, trial
     confirm = read_confirm(run_dir)
     assert len(confirm) == 2 and set(confirm["runs"]) == {3}
-    test = json.loads((run_dir / "best" / "tiny-rn" / "test_metrics.json").read_text())
-    assert [s["train_seed"] for s in test["seeds"]] == [0, 1, 2]
+    check_scoring(run_dir, "tiny-rn", seeds=1)
 
 
 # ------------------------------------------------------------------ --confirm RUN_DIR
@@ -239,7 +257,7 @@ def test_confirm_a_finished_search_then_extend_it_without_rerunning(ray_local, t
         max_epochs=2,
         fixed={"data.synth.ids": 16, "model.backbone": "tiny-rn"},
         search=RN_ONLY,
-        tune={"confirm": {"top_k": 1, "seeds": 3}},
+        tune={"confirm": {"top_k": 1, "seeds": 3, "score_seeds": 1}},
     )
     storage = tmp_path / "runs"
     args = ["--space", str(space), "--storage", str(storage), "--name", "c"]
@@ -265,12 +283,12 @@ def test_confirm_a_finished_search_then_extend_it_without_rerunning(ray_local, t
     assert histories(run_dir)[f"confirm_{first['config_id'].iloc[0]}_seed1"] == next(
         iter(trained.values())
     )
-    plan = json.loads((run_dir / "confirm-2" / "plan.json").read_text())
+    plan = json.loads((run_dir / "confirm-3" / "plan.json").read_text())  # 2: scoring
     assert [r["train_seed"] for r in plan["runs"]] == [2, 3]  # only the missing seeds
     assert read_confirm(run_dir)["runs"].tolist() == [4]
-    test = json.loads((run_dir / "best" / "tiny-rn" / "test_metrics.json").read_text())
-    assert test["confirmed"] is True and [s["train_seed"] for s in test["seeds"]] == [0, 1, 2, 3]
-    assert "confirmation runs: 3 (3 complete)" in out
+    test = check_scoring(run_dir, "tiny-rn", seeds=1)
+    assert test["confirmed"] is True and len(test["selection"]) == 4
+    assert "confirmation runs: 3 (3 complete)" in out and "scoring runs: 1" in out
     assert len(study_attrs(run_dir, "c")) == 2  # the study got no trial of its own for them
 
 
@@ -403,3 +421,47 @@ def test_only_complete_trials_are_confirmed_each_over_the_same_seeds():
     assert sorted((r.config_id, r.train_seed) for r in runs) == [
         (c, seed + k) for c in ("a", "r") for k in (1, 2)
     ]
+
+
+def test_the_winner_is_scored_on_fresh_seeds_that_chose_nothing(monkeypatch):
+    """The seeds that chose the winner (its search run and confirmation runs) are never
+    scored: the winner of each backbone gets ``score_seeds`` fresh ones, disjoint from
+    every seed a confirmation can use, however far it is extended."""
+    from types import SimpleNamespace
+
+    from search.confirm import SCORE, Run, scoring_runs
+    from search.space import SearchSpace, TuneSettings
+
+    space = SearchSpace("s.yml", None, {}, [], tune=TuneSettings())
+    rows = [("a", "vit", 30.0), ("b", "vit", 28.0), ("c", "rn", 10.0)]
+    table = pd.DataFrame(rows, columns=["trial_id", "backbone", "best_val_mAP"])
+    table = table.assign(role="search", config_id=table["trial_id"], status="complete")
+    table["train_seed"], table["path"] = 7, [f"/x/{t}" for t in table["trial_id"]]
+    selection = []
+    for config, values in (("a", (20.0, 22.0)), ("b", (29.0, 27.0)), ("c", (12.0, 11.0))):
+        for i, value in enumerate(values, 1):
+            run = Run(config, 7 + i, {"x": config})
+            row = {
+                "trial_id": f"{config}{i}",
+                "backbone": table.set_index("trial_id").loc[config, "backbone"],
+                "best_val_mAP": value,
+                "status": "complete",
+                "train_seed": 7 + i,
+            }
+            selection.append((run, SimpleNamespace(row=row)))
+    import search.confirm as confirm
+
+    def rows_of(space, runs):  # the selection runs' trials.csv rows, without Tune results
+        return pd.DataFrame(
+            [{**r.row, "role": run.role, "config_id": run.config_id} for run, r in runs]
+        )
+
+    monkeypatch.setattr(confirm, "run_table", rows_of)
+    runs = scoring_runs(space, table, selection, count=3)
+    assert {(r.config_id, r.role) for r in runs} == {("b", SCORE), ("c", SCORE)}
+    assert sorted(r.train_seed for r in runs if r.config_id == "b") == [1008, 1009, 1010]
+    chose = {7, 8, 9}  # the search run's seed and the confirmation seeds
+    assert not chose & {r.train_seed for r in runs}
+    assert {r.key for r in runs} >= {"score_b_seed1008"} and runs[0].params == {
+        "x": runs[0].config_id
+    }

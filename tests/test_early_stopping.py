@@ -11,7 +11,6 @@ from handreid.train.early_stopping import bad_epochs, first_judged_epoch, should
 from handreid.train.optim import warmup_epochs
 from handreid.train.trainer import train
 from search.space import load_space
-from search.trainable import trial_config
 from tests.conftest import REPO, TINY_YML, tiny_overrides
 from tests.test_train import scripted_curve
 
@@ -59,9 +58,7 @@ def test_a_real_space_with_a_onecycle_warm_up_dip_stops_only_past_the_warm_up(na
     """The real spaces (patience 5, 30 epochs): a high learning rate peaks at epoch 1 and dips
     through OneCycle's 9-epoch warm-up, then stays below. Before, the trial stopped at epoch
     6 and counted as complete; now no earlier than epoch 14 (5 bad epochs past the warm-up)."""
-    cfg = trial_config(
-        load_space(REPO / "spaces" / f"{name}.yml"), {"optim.scheduler": "onecycle"}, {}
-    )
+    cfg = load_space(REPO / "spaces" / f"{name}.yml").trial_config({"optim.scheduler": "onecycle"})
     t = cfg.train
     warmup = warmup_epochs(cfg.optim.scheduler, cfg.optim.warmup_epochs, t.epochs)
     assert (warmup, t.patience, t.epochs) == (9.0, 5, 30)
@@ -85,9 +82,9 @@ def write_space(tmp_path, judge_after, **fixed):
 
 def test_a_trial_config_waits_for_the_space_judge_point(tmp_path):
     space = write_space(tmp_path, 0.5)
-    assert trial_config(space, {}, {}).train.patience_after == 0.5
+    assert space.trial_config({}, {}).train.patience_after == 0.5
     later = write_space(tmp_path, 0.5, **{"train.patience_after": 0.7})
-    assert trial_config(later, {}, {}).train.patience_after == 0.7  # the config's own, later
+    assert later.trial_config({}, {}).train.patience_after == 0.7  # the config's own, later
 
 
 def test_a_tiny_search_trial_with_a_warm_up_dip_stops_after_the_judge_point(tmp_path, monkeypatch):
@@ -97,7 +94,7 @@ def test_a_tiny_search_trial_with_a_warm_up_dip_stops_after_the_judge_point(tmp_
     space = write_space(tmp_path, 0.5, **fixed, **{"train.stage1_cache": str(tmp_path / "s1")})
     scripted_curve(monkeypatch, [0.5, 0.4, 0.3] + [0.35] * 7)
     reports = []
-    cfg = trial_config(space, {"optim.lr_visual": 1e-3}, {})
+    cfg = space.trial_config({"optim.lr_visual": 1e-3}, {})
     result = train(
         cfg, tmp_path / "run", report=lambda m, _: reports.append(m), evaluate_on_test=False
     )
