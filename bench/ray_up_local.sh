@@ -14,10 +14,12 @@
 # sees only this run's processes, Ray's fixed ports (6379, 8265, 52365, 10001 ...) and /tmp/ray
 # (a private /tmp is bind-mounted) cannot collide with other Ray sessions on the machine, and
 # when the namespace ends every process in it ends too. sshd runs inside it on 127.0.0.1:22.
-# The node's pip reaches PyPI through a CONNECT proxy (pypi.org and files.pythonhosted.org
-# only) that listens outside on a Unix socket and is forwarded to 127.0.0.1:3128 inside; the
-# node user's pip.conf names it, next to this machine's local wheel indexes (root's pip.conf),
-# so torch and the CUDA wheels come from disk as they did for .venv.
+# The node's pip reaches the package index through a CONNECT proxy that listens outside on a
+# Unix socket and is forwarded to 127.0.0.1:3128 inside. It lets through only the hosts that
+# pip's configuration names (bench/index_hosts.py, read when the script runs: index-url,
+# extra-index-url, find-links, or pip's own default index). The node user's pip.conf names
+# the proxy, next to this machine's local wheel indexes (root's pip.conf), so torch and the
+# CUDA wheels come from disk as they did for .venv.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -86,7 +88,7 @@ ssh-keygen -q -t ed25519 -N '' -f "$WORK/client/ssh_host_ed25519_key"
 install -d -m 700 -o "$NODE_USER" -g "$NODE_USER" "$NODE_HOME/.ssh" "$NODE_HOME/.config" \
     "$NODE_HOME/.config/pip"
 install -m 600 -o "$NODE_USER" -g "$NODE_USER" "$KEY.pub" "$NODE_HOME/.ssh/authorized_keys"
-# this machine's local wheel indexes (how .venv got torch) + the proxy to PyPI
+# this machine's local wheel indexes (how .venv got torch) + the proxy to the package index
 {
     [ -f /root/.config/pip/pip.conf ] && cat /root/.config/pip/pip.conf || echo "[global]"
     echo "proxy = http://127.0.0.1:3128"
@@ -121,14 +123,14 @@ for want in "head_ip: 127.0.0.1" "worker_ips: \[\]" "ssh_user: $NODE_USER" "ssh_
 done
 diff "$REPO/cluster.local.yaml" "$CFG" || true
 
-# --- the PyPI proxy: outside (Unix socket) <- inside (127.0.0.1:3128) ----------------------
+# --- the index proxy: outside (Unix socket) <- inside (127.0.0.1:3128) ---------------------
 cat > "$WORK/client/pipproxy.py" <<'EOF'
-"""serve SOCK: HTTP CONNECT proxy on a Unix socket (PyPI hosts only).
+"""serve SOCK HOST...: HTTP CONNECT proxy on a Unix socket, to the HOSTs only (port 443).
 forward SOCK PORT: 127.0.0.1:PORT -> SOCK (runs inside the network namespace)."""
 import asyncio
 import sys
 
-ALLOWED = {"pypi.org", "files.pythonhosted.org"}
+ALLOWED = set(sys.argv[3:]) if sys.argv[1] == "serve" else set()
 
 
 async def pipe(reader, writer, count=None):
@@ -188,7 +190,12 @@ async def main():
 asyncio.run(main())
 EOF
 SOCK=$WORK/client/pipproxy.sock
-/usr/bin/python3 "$WORK/client/pipproxy.py" serve "$SOCK" 2>>"$WORK/proxy.log" &
+# the hosts pip's configuration names, read now (with the environment's PIP_* variables: a
+# superset of what the node's pip.conf, a copy of root's, names)
+INDEX_HOSTS=$("$REPO/.venv/bin/python" "$REPO/bench/index_hosts.py")
+echo "the proxy lets through: ${INDEX_HOSTS//$'\n'/ }"
+# shellcheck disable=SC2086  # one argument per host
+/usr/bin/python3 "$WORK/client/pipproxy.py" serve "$SOCK" $INDEX_HOSTS 2>>"$WORK/proxy.log" &
 PROXY_PID=$!
 
 # --- 2..7: the README steps, inside the namespace --------------------------------------------
@@ -305,7 +312,7 @@ phase ""
 rc=0
 unshare --pid --fork --mount-proc --net bash "$WORK/client/inner.sh" || rc=$?
 
-awk '/^CONNECT/ {n++; b[$2]+=$3} END {for (h in b) printf "via the PyPI proxy: %s %.1f MB\n", h, b[h]/1e6; print n+0, "connections"}' \
+awk '/^CONNECT/ {n++; b[$2]+=$3} END {for (h in b) printf "via the index proxy: %s %.1f MB\n", h, b[h]/1e6; print n+0, "connections"}' \
     "$WORK/proxy.log"
 echo "--- after the namespace: processes of $NODE_USER or of $WORK (expect none)"
 ps -eo pid,user,args | grep -v -E 'ps -eo|grep' | grep -E "^ *[0-9]+ +$NODE_USER |$WORK" \
