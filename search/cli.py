@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         "tune.confirm.seeds; 0: off)",
     )
     p.add_argument(
+        "--score-seeds",
+        type=int,
+        metavar="N",
+        help="train each backbone's confirmed winner with N fresh seeds, the only runs scored "
+        "on the test protocol (default: the space's tune.confirm.score_seeds)",
+    )
+    p.add_argument(
         "--confirm",
         metavar="RUN_DIR",
         help="confirm a finished search (its run directory), or extend its confirmation to "
@@ -85,6 +92,8 @@ def check_args(args) -> None:
         raise HandReIDError(
             f"--confirm-seeds must be >= 0 (0: no confirmation), got {args.confirm_seeds}"
         )
+    if args.score_seeds is not None and args.score_seeds < 1:
+        raise HandReIDError(f"--score-seeds must be >= 1, got {args.score_seeds}")
     if args.confirm:
         given = [f for f in SEARCH_FLAGS if getattr(args, f) is not None]
         given += ["set"] * bool(args.overrides) + ["data_root"] * bool(args.data_root)
@@ -153,10 +162,12 @@ def print_best(table, metric: str, run_dir: Path | None = None) -> None:
     search = table[table["role"] == "search"] if "role" in table else table
     counts = search["status"].value_counts().to_dict()
     print(f"trials: {len(search)} ({', '.join(f'{v} {k}' for k, v in counts.items())})")
-    if len(runs):
-        counts = runs["status"].value_counts().to_dict()
-        said = ", ".join(f"{v} {k}" for k, v in counts.items())
-        print(f"confirmation runs: {len(runs)} ({said})")
+    scoring = table[table["role"] == "score"] if "role" in table else table.iloc[:0]
+    for what, part in (("confirmation", runs), ("scoring", scoring)):
+        if len(part):
+            counts = part["status"].value_counts().to_dict()
+            said = ", ".join(f"{v} {k}" for k, v in counts.items())
+            print(f"{what} runs: {len(part)} ({said})")
 
 
 def print_confirmed(metric: str, run_dir: Path) -> None:
@@ -179,13 +190,14 @@ def print_confirmed(metric: str, run_dir: Path) -> None:
                 f"{metric} mean": w["val_mean"],
                 f"{metric} std": w["val_std"],
                 "search run": w["search_val"],
+                "scoring seeds": len([e for e in test.get("seeds", []) if "error" not in e]),
                 "test_rank1": test.get("rank1"),
                 "test_mAP": test.get("mAP"),
             }
         )
     print(
-        f"\nconfirmed winner per backbone (best mean {metric} over seeds; test: mean over "
-        "seeds x splits):"
+        f"\nconfirmed winner per backbone (best mean {metric} over the seeds that chose it; "
+        "test: fresh scoring seeds x splits, seeds that chose nothing):"
     )
     print(pd.DataFrame(rows).to_string(index=False, float_format="{:.2f}".format))
 
@@ -291,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.quiet,
         retry_failed=args.retry_failed,
         confirm_seeds=args.confirm_seeds,
+        score_seeds=args.score_seeds,
     )
     opts = pin_run_dir(opts)  # absolute from here on; run_search keeps it
     if args.confirm:

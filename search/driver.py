@@ -57,6 +57,7 @@ class SearchOptions:
     progress: bool = True  # a line per finished trial, and a progress bar on a terminal
     retry_failed: bool = False  # on resume, run errored trials again
     confirm_seeds: int | None = None  # confirmation seeds (default: the space's tune.confirm)
+    score_seeds: int | None = None  # fresh seeds that score each winner (default: the space's)
 
 
 class SearchStopped(Exception):
