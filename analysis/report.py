@@ -192,10 +192,11 @@ def confirmation_section(conf: Confirmation) -> Figure:
         "Confirmation",
         figures.confirmation_figure(conf),
         "The top configurations of each backbone retrained with more training seeds (same "
-        "identity split); the winner per backbone is the best mean validation score, and "
-        "every seed of it is scored on the test protocol. The verdict's interval is a "
-        "bootstrap over seeds (per backbone) and query/gallery splits (shared by the "
-        "backbones), t-corrected for the few seeds.",
+        "identity split); the winner per backbone is the best mean validation score. The "
+        "winner is then trained with fresh seeds, and only those runs are scored on the test "
+        "protocol: the seeds that chose it would inflate its test score. The verdict's "
+        "interval is a bootstrap over the scoring seeds (per backbone) and query/gallery "
+        "splits (shared by the backbones), t-corrected for the few seeds.",
         html=text + to_html(readable_confirmed(conf)),
     )
 
@@ -206,9 +207,9 @@ def _status_line(data: RunData, confirmed: bool) -> str:
     parts = ", ".join(f"{n} {s}" for s, n in counts.items())
     if confirmed:
         scored = (
-            "for every seed of each backbone's confirmed winner, after the search and its "
-            "confirmation (the top configurations retrained with other seeds; those runs are "
-            "not counted as trials)."
+            "for fresh training seeds of each backbone's confirmed winner, seeds that took no "
+            "part in choosing it (neither the search run nor the confirmation runs, which "
+            "count on validation only), and the verdict is computed from those scores alone."
         )
     else:
         scored = "for the top trials per backbone, after the search."

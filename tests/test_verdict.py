@@ -470,7 +470,7 @@ def test_report_and_comparison_md_hold_the_confirmation(tmp_path):
     assert not {"True", "False", "None", "nan", "<NA>"} & set(cells)
     assert "yes" in cells and "—" in cells
     assert "16 trials (12 complete, 4 pruned)" in page
-    assert "every seed of each backbone's confirmed winner" in page
+    assert "fresh training seeds of each backbone's confirmed winner" in page
     md = (out / "comparison.md").read_text()
     confirm_md = md.split("## Confirmation", 1)[1]
     assert verdict.text in confirm_md and "| backbone | configuration (search trial) |" in md
