@@ -73,7 +73,10 @@ def _study_states(run_dir: Path) -> dict[str, dict[str, Any]]:
     storage = f"sqlite:///{db.resolve()}"
     out = {}
     for name in optuna.get_all_study_names(storage):
-        for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False):
+        study = optuna.load_study(study_name=name, storage=storage)
+        if "derived_from" in study.user_attrs:  # a per-backbone copy for the dashboard
+            continue
+        for t in study.get_trials(deepcopy=False):
             if "ray_trial_id" in t.user_attrs:
                 started = t.datetime_start.timestamp() if t.datetime_start else math.nan
                 out[t.user_attrs["ray_trial_id"]] = {
