@@ -125,7 +125,7 @@ def expected_search_epochs(space) -> float:
 
 
 def cost() -> None:
-    from search.driver import backbone_choices
+    from search.launch import backbone_choices
     from search.space import load_space
 
     parts, data = [], {}

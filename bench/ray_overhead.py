@@ -35,7 +35,8 @@ def standalone(tmp: str) -> float:
 
 
 def one_trial_search(tmp: str) -> float:
-    from search.driver import SearchOptions, run_search
+    from search.driver import run_search
+    from search.rundir import SearchOptions
     from search.space import load_space
 
     space = Path(tmp) / "one.yml"

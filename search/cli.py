@@ -146,7 +146,7 @@ def all_failed(table) -> str | None:
 
 
 def print_best(table, metric: str, run_dir: Path | None = None) -> None:
-    from search.driver import top_k
+    from search.table import top_k
 
     runs = table[table["role"] == "confirm"] if "role" in table else table.iloc[:0]
     if len(runs) and run_dir is not None and (run_dir / "confirm.csv").is_file():
@@ -277,15 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         quiet_libraries()
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    from search.driver import (
-        SearchOptions,
-        SearchStopped,
-        default_storage,
-        is_uri,
-        local_run_dir,
-        pin_run_dir,
-        run_search,
-    )
+    from search.driver import run_search
+    from search.resume import SearchStopped
+    from search.rundir import SearchOptions, default_storage, is_uri, local_run_dir, pin_run_dir
 
     storage = storage or default_storage()
     opts = SearchOptions(
@@ -376,7 +370,8 @@ def check_confirmable(space, opts, run_dir: str) -> None:
     from ray import tune
 
     from search.confirm import confirm_seeds
-    from search.driver import experiment_path, read_search_meta, search_finished
+    from search.rundir import experiment_path, read_search_meta
+    from search.tune_state import search_finished
 
     path = experiment_path(opts)
     meta = read_search_meta(Path(opts.run_dir))

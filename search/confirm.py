@@ -2,7 +2,7 @@
 
 A search ranks configurations by one training run each, and seed-to-seed noise can reorder
 close ones. After the search, the ``tune.confirm.top_k`` configurations of each backbone
-(by the objective, complete trials first, as ``search.driver.top_k``) are trained
+(by the objective, complete trials first, as ``search.table.top_k``) are trained
 ``tune.confirm.seeds`` more times (``--confirm-seeds``): ``train.seed`` = the search run's
 + 1, ..., + seeds, with the same identity split (``data.split_seed``), full length (FIFO:
 nothing is pruned), as Ray Tune trials on the search's resources and concurrency, sharing
@@ -44,7 +44,21 @@ import numpy as np
 import pandas as pd
 from ray.tune.search import Searcher
 
+from search.launch import make_trainable, trial_name, trial_resources
+from search.resume import SearchStopped, set_aside_orphans
+from search.rundir import (
+    STUDY_FILE,
+    experiment_path,
+    is_uri,
+    local_run_dir,
+    read_search_meta,
+    scratch_root,
+    study_name,
+)
+from search.scoring import evaluate_checkpoint, save_best, test_metrics
 from search.space import SearchSpace
+from search.table import search_table, top_k, trial_row
+from search.tune_state import ENDED, align_search_state, saved_trials
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +167,6 @@ def score_seed_count(space: SearchSpace, opts) -> int:
 def wanted_runs(space: SearchSpace, table: pd.DataFrame, results: dict, seeds: int) -> list[Run]:
     """The runs the settings ask for: each top-k configuration per backbone with ``seeds``
     more seeds, seed by seed (an interrupted confirmation has seeds of every config)."""
-    from search.driver import top_k
-
     # complete trials only: a pruned trial's early best is no seed of a full-length run
     picks = top_k(table[table["status"] == "complete"], space.tune.confirm.top_k)
     configs = []
@@ -223,8 +235,6 @@ def run_confirmation(space: SearchSpace, opts, grid, stop) -> list[tuple[Run, An
     """Plan and run (or resume) the confirmation after a finished search, then the scoring
     runs of each backbone's winner; returns the runs of the confirmed configurations and
     the winners' scoring runs with their Tune results, or None when confirmation is off."""
-    from search.driver import experiment_path, search_table
-
     seeds = confirm_seeds(space, opts)
     if seeds == 0 or space.tune.confirm.top_k == 0:
         return None
@@ -311,8 +321,6 @@ def scoring_runs(space: SearchSpace, table, selection, count: int) -> list[Run]:
 
 
 def round_ended(trials: list, runs: list[Run]) -> bool:
-    from search.driver import ENDED
-
     created = {Run.from_config(t.config).key for t in trials}
     return created >= {r.key for r in runs} and all(t.status in ENDED for t in trials)
 
@@ -320,17 +328,6 @@ def round_ended(trials: list, runs: list[Run]) -> bool:
 def run_round(space: SearchSpace, opts, name: str, runs: list[Run], stop) -> list:
     """One round to its end: new, restored, or (finished) read back."""
     from ray import tune
-
-    from search.driver import (
-        SearchStopped,
-        align_search_state,
-        experiment_path,
-        is_uri,
-        local_run_dir,
-        make_trainable,
-        saved_trials,
-        set_aside_orphans,
-    )
 
     path = f"{experiment_path(opts)}/{name}"
     trainable = make_trainable(space, opts, local_run_dir(opts), fn=run_confirm_trial)
@@ -381,7 +378,6 @@ def confirm_tuner(space: SearchSpace, opts, name: str, runs: list[Run], trainabl
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from search.driver import experiment_path, local_run_dir, read_search_meta, trial_name
     from search.progress import TrialSummary
 
     t = space.tune
@@ -417,8 +413,6 @@ def confirm_tuner(space: SearchSpace, opts, name: str, runs: list[Run], trainabl
 
 def run_table(space: SearchSpace, confirmed: list[tuple[Run, Any]]) -> pd.DataFrame:
     """The confirmation and scoring runs as trials.csv rows (``role`` confirm or score)."""
-    from search.driver import trial_row
-
     rows = []
     for run, result in confirmed:
         row = trial_row(space, result, {**run.params, "train.seed": run.train_seed})
@@ -476,8 +470,6 @@ def wrap_up(space: SearchSpace, opts, table, results: dict, confirmed, run_dir: 
     chose nothing) scored on the test protocol, best/<backbone>/, and the study's user
     attributes. Returns the test metrics per scored run (trial id), for the test_* columns
     of trials.csv: only scoring runs have them."""
-    from search.driver import STUDY_FILE, study_name
-
     configs = summary(space, table)
     write_csv(configs, run_dir / SUMMARY)
     seeds = winner_seeds(table, confirmed, configs, SCORE)
@@ -533,8 +525,6 @@ def score_seeds(space, opts, seeds: dict[str, list[Seed]]) -> dict[str, dict]:
     """The test protocol on each seed's best checkpoint, in Ray tasks (as the top-k's)."""
     import ray
 
-    from search.driver import evaluate_checkpoint, scratch_root, test_metrics, trial_resources
-
     cpus, gpus = trial_resources(space, opts)
     task = ray.remote(num_cpus=cpus, num_gpus=gpus)(evaluate_checkpoint)
     refs, out = {}, {}
@@ -574,8 +564,6 @@ def write_best(
     """best/<backbone>/: the confirmed winner's first scoring run (config, weights), the
     test metrics of its scoring runs (mean and std over seeds x splits), and the validation
     values of the runs that chose it (``selection``: evidence for the choice, never scored)."""
-    from search.driver import save_best, scratch_root
-
     winner = configs[configs["winner"]].iloc[0]
     single = str(configs[configs["single_seed_rank"] == 1]["config_id"].iloc[0])
     entries = [seed_entry(s, space.tune.metric, tests[str(s.row["trial_id"])]) for s in seeds]

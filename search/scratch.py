@@ -5,10 +5,11 @@ With a storage path, each trial keeps its epoch states in ``<run dir>/scratch/<t
 after itself; this callback does, in the driver. When a trial ends (pruned, complete or
 failed) its resumable state goes, and only its ``best.pt`` stays, and only while the trial
 is among the ``top_k`` ended trials of its backbone (the ones the wrap-up scores: complete
-trials first, then pruned ones, each by objective; see ``search.driver.top_k``). A trial
+trials first, then pruned ones, each by objective; see ``search.table.top_k``). A trial
 that leaves the top-k loses its ``best.pt`` too. Peak disk is then bounded by the trials in
 flight (each: the checkpoints Tune keeps) plus ``top_k`` best checkpoints per backbone, plus
-the state of trials that ended in an error (kept for ``--retry-failed``).
+the state of trials that ended in an error (kept for ``--retry-failed``). After the
+wrap-up, ``drop_scratch`` removes all but the folders it keeps.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 from ray.tune import Callback
 
 from search.optuna_search import ending
+from search.rundir import SearchOptions, scratch_root
+from search.space import SearchSpace
 from search.trainable import FINISHED
 
 
@@ -66,3 +69,21 @@ class ScratchKeeper(Callback):
 
     # a trial that ended in an error keeps its state: `--retry-failed` resumes it from there
     # (the wrap-up's clean-up removes it at the end of the search)
+
+
+def scratch_keeper(space: SearchSpace, opts: SearchOptions) -> list:
+    """The callback that frees ended trials' state (with a storage path), for the Tuner."""
+    root = scratch_root(opts)
+    keep = max(space.tune.top_k, space.tune.confirm.top_k)  # scored, or confirmed later
+    return [] if root is None else [ScratchKeeper(root, keep, space.tune.mode)]
+
+
+def drop_scratch(opts: SearchOptions, keep: set[str]) -> None:
+    """After the wrap-up, only the top-k trials (and the runs of confirmed configurations)
+    keep their best weights in scratch/."""
+    root = scratch_root(opts)
+    if root is None or not Path(root).is_dir():
+        return
+    for folder in Path(root).iterdir():
+        if folder.is_dir() and folder.name not in keep:
+            shutil.rmtree(folder, ignore_errors=True)

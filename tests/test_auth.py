@@ -1,7 +1,7 @@
 """The embedded default (``handreid-search`` without ``--address``) runs Ray with token
 authentication: a client that lacks the token is refused before it can run anything.
 
-The server is ``search.driver.init_ray`` in a subprocess with ``RAY_AUTH_MODE`` unset and an
+The server is ``search.launch.init_ray`` in a subprocess with ``RAY_AUTH_MODE`` unset and an
 empty HOME, so Ray's default for a local ``ray.init`` decides. Each client is another
 subprocess with a clean environment and its own empty HOME (no ~/.ray/auth_token).
 """
@@ -25,7 +25,7 @@ from tests.conftest import REPO
 SERVER = """
 import sys
 import ray
-from search.driver import init_ray
+from search.launch import init_ray
 init_ray(None, num_gpus=0)
 print("GCS_ADDRESS=" + ray.get_runtime_context().gcs_address, flush=True)
 sys.stdin.read()  # serve until the test closes stdin

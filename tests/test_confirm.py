@@ -323,7 +323,7 @@ def test_bad_confirm_settings_name_the_file_and_key(tmp_path, capsys, confirm, m
 
 def test_confirm_refuses_what_is_not_a_finished_search(tmp_path, capsys):
     from search.cli import main
-    from search.driver import SearchOptions, write_search_meta
+    from search.rundir import SearchOptions, write_search_meta
     from search.space import load_space
 
     assert main(["--confirm", str(tmp_path)]) == 2

@@ -71,7 +71,7 @@ def test_trial_folders_unknown_to_the_search_move_aside_on_the_storage(tmp_path)
     orphaned/, as set_aside_orphans does with a folder as storage."""
     from types import SimpleNamespace
 
-    from search.driver import set_aside_stored_orphans
+    from search.resume import set_aside_stored_orphans
 
     for name in ("trial_known", "trial_orphan", "confirm-1"):
         (tmp_path / name).mkdir()

@@ -88,7 +88,8 @@ def cluster():
 def test_a_lost_worker_node_is_survived(cluster, tmp_path):
     import ray
 
-    from search.driver import SearchOptions, run_search
+    from search.driver import run_search
+    from search.rundir import SearchOptions
     from search.space import load_space
 
     run_dir = tmp_path / "runs" / "node"

@@ -89,7 +89,8 @@ def test_balance_counts_stay_equal_after_a_lost_driver(tmp_path):
     """A driver killed after the searcher asked a balanced trial that Tune's snapshot does
     not hold: on resume it is failed as lost and queued again. It must count once: 12 and
     12 trials that ran, not 13 and 11."""
-    from search.driver import fail_lost_trials, study_storage
+    from search.resume import fail_lost_trials
+    from search.rundir import study_storage
     from search.strategy import build_searcher
 
     s = space(tmp_path, balance="model.backbone")

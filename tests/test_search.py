@@ -30,7 +30,8 @@ def load_study(run_dir: Path, name: str) -> optuna.Study:
 
 
 def test_search_prunes_fails_shares_stage1_and_scores_the_best(ray_local, tmp_path):
-    from search.driver import SearchOptions, run_search
+    from search.driver import run_search
+    from search.rundir import SearchOptions
     from search.space import load_space
 
     good = {"model.unfreeze_blocks": 2, "optim.lr_heads": 0.003}
@@ -163,7 +164,8 @@ def tear_saved_state(run_dir):
 
 
 def test_storage_can_be_a_pyarrow_uri(ray_local, tmp_path, monkeypatch):
-    from search.driver import SearchOptions, run_search
+    from search.driver import run_search
+    from search.rundir import SearchOptions
     from search.space import load_space
 
     monkeypatch.chdir(tmp_path)
@@ -221,7 +223,8 @@ def test_resources_no_node_has_are_refused_before_any_trial(
 def test_an_autoscaling_cluster_is_not_refused_for_nodes_it_may_add(
     ray_local, tmp_path, monkeypatch
 ):
-    from search.driver import SearchOptions, check_resources
+    from search.launch import check_resources
+    from search.rundir import SearchOptions
     from search.space import load_space
 
     monkeypatch.setenv("HOME", str(tmp_path))

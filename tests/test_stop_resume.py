@@ -159,7 +159,7 @@ def test_sigterm_stops_like_ctrl_c(tmp_path):
 
 def started(tmp_path: Path, **space_kw) -> tuple[Path, Path]:
     """A run folder as a search leaves it (its search.json), and the space it started with."""
-    from search.driver import SearchOptions, write_search_meta
+    from search.rundir import SearchOptions, write_search_meta
     from search.space import load_space
 
     folder = tmp_path / "first"
@@ -250,6 +250,7 @@ def test_errored_trials_rerun_on_resume_only_with_retry_failed(
     tmp_path, capsys, monkeypatch, flags, retried
 ):
     import search.driver
+    import search.resume
 
     calls = []
 
@@ -262,7 +263,7 @@ def test_errored_trials_rerun_on_resume_only_with_retry_failed(
     monkeypatch.setattr(tune.Tuner, "restore", restore)
     monkeypatch.setattr(search.driver, "init_ray", lambda *a, **kw: None)
     monkeypatch.setattr(search.driver, "check_resources", lambda *a: None)
-    monkeypatch.setattr(search.driver, "saved_trials", lambda path: [], raising=False)
+    monkeypatch.setattr(search.resume, "saved_trials", lambda path: [])
     with pytest.raises(Restored):
         resume(space, storage, capsys, *flags)
     assert calls and calls[0]["resume_errored"] is retried
@@ -280,7 +281,8 @@ def test_retry_failed_needs_resume(tmp_path, capsys):
 def test_resume_fails_only_the_study_trials_tune_will_not_continue(tmp_path):
     """A killed driver leaves study trials RUNNING: those whose Tune trial the restored
     state continues stay open for their results; the others are failed before Tune starts."""
-    from search.driver import fail_lost_trials, study_storage
+    from search.resume import fail_lost_trials
+    from search.rundir import study_storage
 
     study = optuna.create_study(study_name="handreid-o", storage=study_storage(tmp_path))
     for ray_id in ("continued", "lost", "done"):
@@ -298,7 +300,8 @@ def test_resume_fails_only_the_study_trials_tune_will_not_continue(tmp_path):
 def test_a_lost_start_point_is_queued_again_on_resume(tmp_path):
     """A start point asked just before the driver died (its Tune trial never saved) runs in
     the resumed search: failed as lost, then enqueued again ahead of TPE's own suggestions."""
-    from search.driver import fail_lost_trials, study_storage
+    from search.resume import fail_lost_trials
+    from search.rundir import study_storage
 
     study = optuna.create_study(study_name="handreid-q", storage=study_storage(tmp_path))
     study.enqueue_trial({"x": 0.25})

@@ -16,7 +16,7 @@ def ray_small():
 
 def test_a_failed_evaluation_is_recorded_and_the_others_kept(ray_small):
     from handreid.errors import HandReIDError
-    from search.driver import test_metrics
+    from search.scoring import test_metrics
 
     @ray.remote
     def evaluate(ok: bool):
