@@ -95,12 +95,8 @@ class ModelConfig:
     retrieval_feature: Literal["pre_bn", "pre_post"] = "pre_bn"
 
     def __post_init__(self) -> None:
-        from handreid.models.registry import (
-            activation_mismatch,
-            available_backbones,
-            tag_quick_gelu,
-            vision_depth,
-        )
+        from handreid.models.registry import available_backbones, vision_depth
+        from handreid.models.weights import activation_mismatch, tag_quick_gelu
 
         _check(
             self.backbone in available_backbones(),

@@ -13,7 +13,8 @@ from handreid.losses.functional import batch_hard_triplet, supcon
 from handreid.losses.heads import ArcFace, CenterHead, IdClassifier
 from handreid.models.backbone import set_unfreeze_blocks
 from handreid.models.model import build_model
-from handreid.models.registry import build_clip, vision_depth
+from handreid.models.registry import vision_depth
+from handreid.models.weights import build_clip
 
 torch.manual_seed(0)
 

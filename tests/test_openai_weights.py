@@ -20,7 +20,8 @@ from bench.openai_weights import write_openai_weights
 from handreid.config import apply_overrides, load_config
 from handreid.errors import ConfigError, HandReIDError
 from handreid.models.model import HandReIDModel, build_model
-from handreid.models.registry import build_clip, register_tiny_configs
+from handreid.models.registry import register_tiny_configs
+from handreid.models.weights import build_clip
 
 EXTRA = ("input_resolution", "context_length", "vocab_size")
 

@@ -18,7 +18,8 @@ from handreid.models.pretrain_tiny import (
     build_corpus,
     pretrain,
 )
-from handreid.models.registry import SYNTH_PRETRAINED, TINY_BACKBONES, build_clip
+from handreid.models.registry import SYNTH_PRETRAINED, TINY_BACKBONES
+from handreid.models.weights import build_clip
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = PretrainSettings(ids=6, per_id=1, steps=3, batch_size=8)

@@ -122,7 +122,7 @@ def test_best_weights_without_per_epoch_checkpoints_are_slim(tiny_cfg, tmp_path)
 
 
 def test_resume_refuses_other_frozen_weights(tmp_path):
-    from handreid.models.registry import build_clip
+    from handreid.models.weights import build_clip
 
     weights = tmp_path / "tiny.pt"
     torch.manual_seed(1)

@@ -11,7 +11,8 @@ from torch import nn
 from handreid.models.backbone import freeze_frozen_batchnorm, set_unfreeze_blocks
 from handreid.models.heads import BNNeck
 from handreid.models.prompt import PromptLearner
-from handreid.models.registry import build_clip, preprocess_cfg
+from handreid.models.registry import preprocess_cfg
+from handreid.models.weights import build_clip
 
 
 @dataclass
@@ -91,7 +92,7 @@ def build_model(
     activation: str = "auto",
 ) -> HandReIDModel:
     """``activation``: ``auto`` (what the weights were trained with: QuickGELU for OpenAI's),
-    ``gelu`` or ``quick_gelu``; see :func:`handreid.models.registry.build_clip`."""
+    ``gelu`` or ``quick_gelu``; see :func:`handreid.models.weights.build_clip`."""
     import open_clip
 
     clip = build_clip(backbone, pretrained, cache_dir, activation)

@@ -7,7 +7,7 @@ ring, nail polish; :func:`handreid.data.synth.caption`). The identities come fro
 random stream (:data:`PRETRAIN_STREAM`) and id range (:data:`PRETRAIN_FIRST_ID` on), so no
 demo or test identity is ever seen. The result is deterministic given the settings, built
 once under a file lock into ``$HANDREID_CACHE/pretrained/`` and written in OpenAI's
-state-dict format, so :func:`handreid.models.registry.build_clip` loads it into QuickGELU
+state-dict format, so :func:`handreid.models.weights.build_clip` loads it into QuickGELU
 towers exactly as it loads OpenAI's ``ViT-B-16.pt``.
 """
 
@@ -31,7 +31,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from handreid.errors import HandReIDError
-from handreid.models.registry import SYNTH_PRETRAINED, TINY_BACKBONES
+from handreid.models.registry import (
+    SYNTH_PRETRAINED,
+    TINY_BACKBONES,
+    _quiet_create,
+    preprocess_cfg,
+    register_tiny_configs,
+)
 
 if TYPE_CHECKING:
     from handreid.data.synth import Hand
@@ -241,8 +247,6 @@ def _pretrain(backbone: str, settings: PretrainSettings, progress: bool) -> dict
     import open_clip
     from tqdm import tqdm
 
-    from handreid.models.registry import _quiet_create, preprocess_cfg, register_tiny_configs
-
     register_tiny_configs()
     clip = _quiet_create(backbone, None, None, quick_gelu=True)
     pre = preprocess_cfg(clip)
@@ -291,9 +295,7 @@ def _pretrain(backbone: str, settings: PretrainSettings, progress: bool) -> dict
 
 def openai_state_dict(clip) -> dict[str, torch.Tensor]:
     """``clip``'s weights plus the extra entries of OpenAI's releases (see
-    :data:`handreid.models.registry.OPENAI_EXTRA_KEYS`)."""
-    from handreid.models.registry import preprocess_cfg
-
+    :data:`handreid.models.weights.OPENAI_EXTRA_KEYS`)."""
     state = {k: v.detach().clone() for k, v in clip.state_dict().items()}
     state["input_resolution"] = torch.tensor(preprocess_cfg(clip)["size"][0])
     state["context_length"] = torch.tensor(clip.context_length)
