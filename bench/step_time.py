@@ -81,7 +81,7 @@ def child(tree: Path, epochs: int, workers: int) -> None:
     trainer.setup()
     trainer.setup_stage2()
     trainer.compute_text_features()
-    steps = len(trainer.train_loader)
+    steps = len(trainer.data.train_loader)
     say({"ready": True, "setup_seconds": time.perf_counter() - start, "steps": steps})
     for line in sys.stdin:
         command, *arg = line.split()

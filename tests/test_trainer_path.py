@@ -167,9 +167,10 @@ def test_a_refused_resume_leaves_the_run_config_alone(tiny_cfg, tmp_path):
 
 def test_validation_reuses_its_loaders_and_runs_under_autocast(tiny_cfg, tmp_path, monkeypatch):
     import handreid.train.trainer as trainer_mod
+    from handreid.train.data import RunData
 
     built, autocast = [], []
-    plain = Trainer._plain_loader
+    plain = RunData.plain_loader
     original = trainer_mod.extract_features
 
     def counting_loader(self, *args, **kw):
@@ -180,7 +181,7 @@ def test_validation_reuses_its_loaders_and_runs_under_autocast(tiny_cfg, tmp_pat
         autocast.append(torch.is_autocast_enabled("cpu"))
         return original(model, loader, device, **kw)
 
-    monkeypatch.setattr(Trainer, "_plain_loader", counting_loader)
+    monkeypatch.setattr(RunData, "plain_loader", counting_loader)
     monkeypatch.setattr(trainer_mod, "extract_features", recording)
     cfg = tiny_cfg(**{"train.epochs": 3, "train.mixed_precision": "bf16"})
     train(cfg, tmp_path / "run", evaluate_on_test=False)
@@ -206,7 +207,7 @@ def test_batches_are_copied_without_waiting_and_loaders_keep_their_workers(
     trainer.setup()
     trainer.setup_stage2()
     trainer.compute_text_features()
-    loaders = [trainer.train_loader, trainer.val_loader, trainer.gallery_loader]
+    loaders = [trainer.data.train_loader, trainer.data.val_loader, trainer.data.gallery_loader]
     assert all(loader.persistent_workers for loader in loaders)
     monkeypatch.setattr(torch.Tensor, "to", recording)
     trainer.train_epoch(1)

@@ -6,13 +6,20 @@ statistics of BatchNorm layers that train), the loss heads and centers, the opti
 scheduler and RNG state, and the progress. Frozen weights are rebuilt from the pretrained
 source (or the seeded random construction) when the run is set up again; a fingerprint of
 them guards against resuming over different weights.
+
+A run directory holds ``checkpoint.pt`` (the latest epoch's state), ``best.pt`` and
+``metrics.json`` (the run's results); ``check_same_config`` refuses to resume a directory
+of another configuration, and ``finished_run`` finds a run that already ended.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import random
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from handreid.config import Config, flatten, to_dict
 from handreid.errors import HandReIDError
+
+CHECKPOINT = "checkpoint.pt"
+# keys that may change between a run and its resumption (where it runs, not what it trains)
+RESUMABLE = {"train.cpu", "data.num_workers", "data.root", "train.stage1_cache", "eval.batch_size"}
+BEST = "best.pt"
+METRICS = "metrics.json"
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -112,3 +126,61 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def load(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+@dataclass
+class Progress:
+    """What survives a restart besides the weights: the epoch counter and early stopping."""
+
+    epoch: int = 0  # epochs completed
+    best_map: float = -1.0
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    status: str = "running"  # running, done or early_stopped
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def check_same_config(cfg: Config, out: Path, state: dict[str, Any]) -> None:
+    """Refuse to resume a run directory that holds a run of another configuration."""
+    saved = flatten(state.get("config") or {})
+    ours = flatten(to_dict(cfg))
+    changed = [k for k in ours if k in saved and saved[k] != ours[k] and k not in RESUMABLE]
+    if changed:
+        key = changed[0]
+        raise HandReIDError(
+            f"{out} holds a checkpoint of a different configuration ({key}: "
+            f"{saved[key]!r} there, {ours[key]!r} now); use another output directory"
+        )
+
+
+def finished_run(cfg: Config, out_dir: str | Path, *, with_test: bool = True) -> dict | None:
+    """The ``metrics.json`` of a run of ``cfg`` that already ended in ``out_dir`` (its
+    checkpoint done or early-stopped, the test scored unless ``with_test`` is False), else
+    None. A checkpoint of another configuration there is refused, as on resumption."""
+    out = Path(out_dir)
+    if not (out / METRICS).is_file() or not (out / CHECKPOINT).is_file():
+        return None
+    result = json.loads((out / METRICS).read_text())
+    ended = ("done", "early_stopped")
+    if result.get("status") not in ended or (with_test and not result.get("test")):
+        return None
+    state = load(out / CHECKPOINT)
+    check_same_config(cfg, out, state)
+    progress = Progress(**state["progress"])
+    same = progress.status in ended and progress.epoch == result.get("epochs")
+    return result if same else None
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(clean(doc), indent=2))
+    tmp.replace(path)

@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu:
         overrides["train.cpu"] = True
     cfg = load_config(args.config, overrides)
-    from handreid.train.trainer import METRICS, finished_run, train  # heavy: after the config
+    # heavy: after the config
+    from handreid.train.checkpoint import METRICS, finished_run
+    from handreid.train.trainer import train
 
     name = Path(args.config).stem if args.config else "default"
     out = Path(args.out or Path("runs") / "train" / name)

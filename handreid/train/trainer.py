@@ -11,12 +11,9 @@ checked and a resumable checkpoint is written. Test data is read only by
 from __future__ import annotations
 
 import csv
-import json
 import logging
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +23,22 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from handreid.config import Config, dump_config, flatten, to_dict
+from handreid.config import Config, dump_config, to_dict
 from handreid.data.build import build_split, cache_root, resolve_root
-from handreid.data.dataset import ImageDataset
-from handreid.data.sampler import PKSampler
 from handreid.data.splits import DataSplit, save_manifest
-from handreid.data.transforms import build_test_transform, build_train_transform
-from handreid.errors import HandReIDError
 from handreid.eval.evaluator import evaluate_protocol, evaluate_val, extract_features
 from handreid.losses import LossInputs, build_loss_set
 from handreid.models.model import build_model
 from handreid.train import checkpoint as ckpt
+from handreid.train.checkpoint import (
+    BEST,
+    CHECKPOINT,
+    METRICS,
+    Progress,
+    check_same_config,
+    write_json,
+)
+from handreid.train.data import RunData
 from handreid.train.early_stopping import bad_epochs, first_judged_epoch, should_stop
 from handreid.train.optim import make_optimizer, make_scheduler, stage2_groups, warmup_epochs
 from handreid.train.stage1 import cached_stage1, stage1_key, train_prompts
@@ -44,27 +46,10 @@ from handreid.train.stage1 import cached_stage1, stage1_key, train_prompts
 log = logging.getLogger(__name__)
 
 Report = Callable[[dict[str, Any], Path | None], None]
-CHECKPOINT = "checkpoint.pt"
-# keys that may change between a run and its resumption (where it runs, not what it trains)
-RESUMABLE = {"train.cpu", "data.num_workers", "data.root", "train.stage1_cache", "eval.batch_size"}
-BEST = "best.pt"
-METRICS = "metrics.json"
 
 
 class Diverged(Exception):
     pass
-
-
-@dataclass
-class Progress:
-    """What survives a restart besides the weights: the epoch counter and early stopping."""
-
-    epoch: int = 0  # epochs completed
-    best_map: float = -1.0
-    best_epoch: int = 0
-    bad_epochs: int = 0
-    status: str = "running"  # running, done or early_stopped
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _release_accelerator_state(mixed_precision: str, cpu: bool) -> None:
@@ -125,63 +110,13 @@ class Trainer:
         self.losses = build_loss_set(cfg.loss, self.model.embed_dim, len(self.labels))
         self.model.to(self.device)
         self.losses.to(self.device)
-        self._build_data()
-
-    def _build_data(self) -> None:
-        d, pre = self.cfg.data, self.model.preprocess
-        size, mean, std = pre["size"], pre["mean"], pre["std"]
-        cache = size if d.in_memory else None
-        resize = cache is None
-        train_tf = build_train_transform(
-            size,
-            mean,
-            std,
-            flip_prob=d.flip_prob,
-            pad=d.pad,
-            color_jitter=d.color_jitter,
-            random_erasing=d.random_erasing,
-            resize=resize,
-        )
-        self.test_tf = build_test_transform(size, mean, std, resize=resize)
-        self.train_set = ImageDataset(
-            self.root, self.split.train, train_tf, self.labels, cache_size=cache
-        )
-        self.gallery_set = ImageDataset(self.root, self.split.train, self.test_tf, self.labels)
-        if cache is not None:
-            self.gallery_set.cache = self.train_set.cache  # same decoded images, other transform
-        self.val_set = self.eval_dataset(self.split.val)
-        self.val_loader = self._plain_loader(self.val_set, persistent=True)
-        self.gallery_loader = self._plain_loader(self.gallery_set, persistent=True)
-        t = self.cfg.train
-        self.sampler = PKSampler(
-            self.train_set.targets, t.batch_size // t.num_instances, t.num_instances, seed=t.seed
-        )
-        self.train_loader = DataLoader(
-            self.train_set,
-            batch_size=t.batch_size,
-            sampler=self.sampler,
-            num_workers=d.num_workers,
-            drop_last=True,
+        self.data = RunData(
+            cfg,
+            self.root,
+            self.split,
+            self.labels,
+            self.model.preprocess,
             pin_memory=self.device.type == "cuda",
-            persistent_workers=d.num_workers > 0,
-        )
-
-    def eval_dataset(self, items) -> ImageDataset:
-        """Images seen through the test transform; decoded once when ``data.in_memory``
-        (whose transforms expect images already at the model's size)."""
-        d = self.cfg.data
-        cache = self.model.preprocess["size"] if d.in_memory else None
-        return ImageDataset(self.root, items, self.test_tf, self.labels, cache_size=cache)
-
-    def _plain_loader(self, dataset: ImageDataset, persistent: bool = False) -> DataLoader:
-        workers = self.cfg.data.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=self.cfg.eval.batch_size,
-            shuffle=False,
-            num_workers=workers,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=persistent and workers > 0,
         )
 
     def features(self, loader: DataLoader, *, desc: str, **kw) -> torch.Tensor:
@@ -199,8 +134,8 @@ class Trainer:
 
         def compute() -> dict[str, Any]:
             # the unit pre-BN feature that stage 2's SupCon uses, whatever the retrieval feature
-            feats = self.features(self.gallery_loader, desc="stage-1 features", kind="unit")
-            labels = torch.tensor(self.gallery_set.targets)
+            feats = self.features(self.data.gallery_loader, desc="stage-1 features", kind="unit")
+            labels = torch.tensor(self.data.gallery_set.targets)
             history = train_prompts(
                 self.model,
                 feats,
@@ -244,7 +179,7 @@ class Trainer:
         self.optimizer = make_optimizer(cfg.optim.name, groups)
         centers = self.losses.center_parameters()
         self.center_opt = torch.optim.SGD(centers, lr=cfg.loss.center.lr) if centers else None
-        steps_per_epoch = max(1, len(self.train_loader))
+        steps_per_epoch = max(1, len(self.data.train_loader))
         self.scheduler = make_scheduler(
             self.optimizer,
             cfg.optim.scheduler,
@@ -273,7 +208,7 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         self.model.train()
         self.losses.train()
-        self.sampler.set_epoch(epoch)
+        self.data.sampler.set_epoch(epoch)
         torch.manual_seed(cfg.train.seed * 100_003 + epoch)  # augmentations replay on resume
         sums: dict[str, torch.Tensor] = {}  # on the device: no host sync per step
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
@@ -281,7 +216,7 @@ class Trainer:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         model = acc.unwrap_model(self.model)
         for images, labels, _ in tqdm(
-            self.train_loader, desc=f"epoch {epoch}", leave=False, disable=None
+            self.data.train_loader, desc=f"epoch {epoch}", leave=False, disable=None
         ):  # no bars when not on a terminal
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
@@ -328,8 +263,8 @@ class Trainer:
         self.center_opt.zero_grad(set_to_none=True)
 
     def validate(self) -> dict[str, float]:
-        val = self.features(self.val_loader, desc="val")
-        gal = self.features(self.gallery_loader, desc="gallery")
+        val = self.features(self.data.val_loader, desc="val")
+        gal = self.features(self.data.gallery_loader, desc="gallery")
         m = evaluate_val(val, self.split.val, gal, self.split.train)
         return {"val_mAP": m["mAP"], "val_rank1": m["rank1"]}
 
@@ -477,37 +412,6 @@ class Trainer:
         }
 
 
-def check_same_config(cfg: Config, out: Path, state: dict[str, Any]) -> None:
-    """Refuse to resume a run directory that holds a run of another configuration."""
-    saved = flatten(state.get("config") or {})
-    ours = flatten(to_dict(cfg))
-    changed = [k for k in ours if k in saved and saved[k] != ours[k] and k not in RESUMABLE]
-    if changed:
-        key = changed[0]
-        raise HandReIDError(
-            f"{out} holds a checkpoint of a different configuration ({key}: "
-            f"{saved[key]!r} there, {ours[key]!r} now); use another output directory"
-        )
-
-
-def finished_run(cfg: Config, out_dir: str | Path, *, with_test: bool = True) -> dict | None:
-    """The ``metrics.json`` of a run of ``cfg`` that already ended in ``out_dir`` (its
-    checkpoint done or early-stopped, the test scored unless ``with_test`` is False), else
-    None. A checkpoint of another configuration there is refused, as on resumption."""
-    out = Path(out_dir)
-    if not (out / METRICS).is_file() or not (out / CHECKPOINT).is_file():
-        return None
-    result = json.loads((out / METRICS).read_text())
-    ended = ("done", "early_stopped")
-    if result.get("status") not in ended or (with_test and not result.get("test")):
-        return None
-    state = ckpt.load(out / CHECKPOINT)
-    check_same_config(cfg, out, state)
-    progress = Progress(**state["progress"])
-    same = progress.status in ended and progress.epoch == result.get("epochs")
-    return result if same else None
-
-
 def train(
     cfg: Config,
     out_dir: str | Path,
@@ -569,24 +473,9 @@ def evaluate_test(cfg: Config, out_dir: str | Path, *, trainer: Trainer | None =
     )
     ckpt.load_trainable(model, best["model"])
     protocol = trainer.split.test
-    test_set = trainer.eval_dataset(protocol.images)
-    loader = trainer._plain_loader(test_set)
+    test_set = trainer.data.eval_dataset(protocol.images)
+    loader = trainer.data.plain_loader(test_set)
     feats = trainer.features(loader, flip=cfg.eval.flip_tta, desc="test")
     result = evaluate_protocol(feats, protocol)
     result["protocol"] = cfg.eval.protocol
     return result
-
-
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [clean(x) for x in v]
-        return v
-
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(clean(doc), indent=2))
-    tmp.replace(path)
