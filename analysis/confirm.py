@@ -3,13 +3,14 @@
 After the search, ``handreid-search`` can retrain the top-k configurations of each backbone
 with more training seeds (same identity split). ``confirm.csv`` has one row per confirmed
 configuration; ``best/<backbone>/test_metrics.json`` holds the test protocol (10
-query/gallery splits) for every seed of the backbone's confirmed winner.
+query/gallery splits) for each scoring seed of the backbone's confirmed winner (``seeds``;
+the runs that chose the winner, listed under ``selection`` beside them, are not read).
 
 The verdict compares two winners by the difference of their test metrics, mean over seeds
-x splits, with a bootstrap interval: each replicate resamples the seeds of each backbone
-independently and the split indices jointly for both (the splits are the same
-query/gallery splits for every backbone: a paired design). The replicates give the spread;
-the interval is t-corrected for the few seeds (see :func:`bootstrap_interval`).
+x splits, with a t interval whose variance has a part for each backbone's seeds and one for
+the splits (the splits are the same query/gallery splits for every backbone: a paired
+design, so shared split effects cancel); see :func:`difference_interval`. Below
+``MIN_SEEDS`` scored seeds of a backbone it states no verdict and says how many it needs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -27,8 +28,6 @@ from analysis.load import ReportError
 
 VERDICT_METRICS = ("mAP", "rank1")
 LABELS = {"mAP": "mAP", "rank1": "Rank-1", "rank5": "Rank-5", "rank10": "Rank-10"}
-REPLICATES = 10_000
-SEED = 0
 LEVEL = 0.95
 
 
@@ -296,13 +295,106 @@ def _finite(value: Any) -> bool:
     return number and math.isfinite(value)
 
 
-# ------------------------------------------------------------------ bootstrap
+# ------------------------------------------------------------------ interval
+
+
+MIN_SEEDS = 2  # per backbone: below this a seed spread cannot be estimated, so no verdict
+
+
+class Interval(NamedTuple):
+    """A difference of means and its interval; each field an array for batched input."""
+
+    value: Any
+    low: Any
+    high: Any
+    df: float  # the Student-t degrees of freedom of the interval
+
+
+def difference_interval(
+    a: np.ndarray, b: np.ndarray, *, paired: bool = True, level: float = LEVEL
+) -> Interval:
+    """Mean of ``a`` minus mean of ``b`` (each ``(..., seeds, splits)``; leading axes are a
+    batch, e.g. simulations) and the interval ``value ± t * sd``.
+
+    The variance of the difference has one part per source of noise, each estimated from
+    the scores: each backbone's seeds (the variance of its per-seed means over splits, over
+    its seed count) and the splits (the variance of the per-split difference of the two
+    seed means, over the split count; with unpaired splits each backbone's per-split means
+    apart). Shared split effects cancel in a paired difference. The per-split spread also
+    carries each score's own noise once more: a slight overstatement, on the safe side.
+
+    Degrees of freedom: one fewer than the fewest levels of any part (seeds of either
+    backbone, splits), Hsu's conservative choice. With normal noise it calls a tie better
+    at most ``(1 - level) / 2`` of the time per side, whatever the ratio of the backbones'
+    seed spreads (Mickey & Brown, 1966, for two parts; with the splits' part too in
+    ``bench.verdict_power``'s simulations). Welch-Satterthwaite degrees of freedom do not:
+    with 2 seeds of a backbone whose seeds vary 5 points against 5 of one whose vary 2
+    they did so over 5% of the time per side, and 2.5-3% with 3-5 seeds of each. The
+    price is power at few seeds (BENCHMARKS.md)."""
+    a, b = _checked(a, b, paired)
+    value = a.mean(axis=(-2, -1)) - b.mean(axis=(-2, -1))
+    parts = _variance_parts(a, b, paired)
+    df = float(min(n for _, n in parts) - 1)
+    half = _t_quantile(0.5 + level / 2, df) * np.sqrt(sum(v for v, _ in parts))
+    return Interval(*(_plain(x) for x in (value, value - half, value + half)), df)
+
+
+def bootstrap_interval(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    paired: bool = True,
+    level: float = LEVEL,
+    replicates: int | None = None,
+    seed: int | None = None,
+) -> Interval:
+    """The former name of :func:`difference_interval`, for callers of the bootstrap it
+    replaced; ``replicates`` and ``seed`` are ignored (the interval draws nothing)."""
+    return difference_interval(a, b, paired=paired, level=level)
+
+
+def _checked(a: Any, b: Any, paired: bool) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.ndim < 2 or b.ndim < 2 or not a.size or not b.size:
+        raise ValueError("a and b must be non-empty (seeds x splits) arrays")
+    if min(a.shape[-2], b.shape[-2]) < MIN_SEEDS:
+        raise ValueError(f"an interval needs at least {MIN_SEEDS} seeds of each backbone")
+    if paired and a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"paired splits need the same count, got {a.shape[-1]} and {b.shape[-1]}")
+    return a, b
+
+
+def _variance_parts(a: np.ndarray, b: np.ndarray, paired: bool) -> list[tuple[Any, int]]:
+    """(variance of the difference from one source, that source's level count) per source."""
+    parts = [_spread(a.mean(axis=-1)), _spread(b.mean(axis=-1))]
+    if paired:
+        splits = [a.mean(axis=-2) - b.mean(axis=-2)]
+    else:
+        splits = [a.mean(axis=-2), b.mean(axis=-2)]
+    return parts + [_spread(m) for m in splits if m.shape[-1] > 1]
+
+
+def _spread(levels: np.ndarray) -> tuple[Any, int]:
+    """The variance of the mean of ``levels`` (last axis), and how many there are."""
+    n = levels.shape[-1]
+    return levels.var(axis=-1, ddof=1) / n, n
+
+
+def _plain(x: np.ndarray) -> Any:
+    return float(x) if np.ndim(x) == 0 else x
+
+
+def _t_quantile(q: float, df: float) -> float:
+    from scipy.stats import t  # scipy: scikit-learn's dependency; loaded only here
+
+    return float(t.ppf(q, df))
 
 
 @dataclass
 class Difference:
     """``a`` minus ``b`` in ``metric`` (percentage points), mean over seeds x splits, with
-    a t-corrected bootstrap interval (``df``: its Student-t degrees of freedom)."""
+    a t interval (``df``: its degrees of freedom); no interval (NaN) below ``MIN_SEEDS``
+    seeds of either backbone."""
 
     metric: str
     a: str
@@ -314,129 +406,29 @@ class Difference:
     seeds_b: int
     splits: int
     paired: bool
-    replicates: int
-    df: float = math.inf
+    df: float = math.nan
+
+    @property
+    def decided(self) -> bool:
+        """Enough seeds of both backbones for an interval."""
+        return min(self.seeds_a, self.seeds_b) >= MIN_SEEDS
 
     @property
     def excludes_zero(self) -> bool:
-        return self.low > 0 or self.high < 0
+        return self.decided and (self.low > 0 or self.high < 0)
 
 
-def bootstrap_interval(
-    a: np.ndarray,
-    b: np.ndarray,
-    *,
-    replicates: int = REPLICATES,
-    seed: int = SEED,
-    paired: bool = True,
-    level: float = LEVEL,
-) -> tuple[float, float, float, float]:
-    """Mean of ``a`` minus mean of ``b`` (each a seeds x splits array), and the interval
-    ``value ± t * sd`` with its Student-t degrees of freedom: (value, low, high, df).
-
-    The spread is a bootstrap's. A replicate resamples each array's seeds (rows) with
-    replacement, independently, and the split indices (columns) with replacement: the same
-    indices for both when ``paired`` (the splits are the same query/gallery splits), else
-    apart. A resample's mean is ``counts_seeds @ X @ counts_splits / (n_seeds * n_splits)``
-    with multinomial counts: vectorised, no (replicates x seeds x splits) array.
-
-    Why not the replicates' percentiles: with n seeds, resampling them gives a variance of
-    the seed mean biased low by (n - 1)/n (the plug-in variance), and the percentiles are
-    normal-like points although that variance is estimated from n - 1 degrees of freedom.
-    With 3 seeds per backbone and identical distributions the 95% percentile interval
-    excluded 0 in ~20% of simulations (~15% with 5 seeds, ~9% with 10). So each
-    replicate's deviation from the observed difference is split, by the counts, into the
-    main effect of each resampled factor (seeds of ``a``: ``(counts - 1) @ row means / n``,
-    seeds of ``b``, the splits: the same for column means) and the rest (their
-    interaction). Each main effect's bootstrap variance is scaled by n/(n - 1) (its unbiased
-    estimate), the interaction's is kept, and the interval is ``value ± t * sd`` with
-    ``t`` the Student-t quantile for Welch–Satterthwaite degrees of freedom from the
-    components (n - 1 for each factor with n levels). With identical distributions this
-    excluded 0 in 4-6% of simulations at 3, 5 and 10 seeds (tests/test_verdict.py checks
-    3 seeds).
-
-    One seed on a backbone: its seed-to-seed variance is unknown and contributes nothing
-    (the interval reflects the splits, and the other backbone's seeds, only); the verdict
-    says so."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.ndim != 2 or b.ndim != 2 or not a.size or not b.size:
-        raise ValueError("a and b must be non-empty (seeds x splits) arrays")
-    if paired and a.shape[1] != b.shape[1]:
-        raise ValueError(f"paired splits need the same count, got {a.shape[1]} and {b.shape[1]}")
-    rng = np.random.default_rng(seed)
-    seeds_a = _counts(rng, a.shape[0], replicates)
-    seeds_b = _counts(rng, b.shape[0], replicates)
-    splits_a = _counts(rng, a.shape[1], replicates)
-    splits_b = splits_a if paired else _counts(rng, b.shape[1], replicates)
-    value = float(a.mean() - b.mean())
-    deviation = _means(a, seeds_a, splits_a) - _means(b, seeds_b, splits_b) - value
-    # main effects: (component per replicate, levels resampled)
-    mains = [
-        (_main(seeds_a, a.mean(axis=1)), a.shape[0]),
-        (-_main(seeds_b, b.mean(axis=1)), b.shape[0]),
-    ]
-    if paired:
-        mains.append((_main(splits_a, a.mean(axis=0) - b.mean(axis=0)), a.shape[1]))
-    else:
-        mains.append((_main(splits_a, a.mean(axis=0)), a.shape[1]))
-        mains.append((-_main(splits_b, b.mean(axis=0)), b.shape[1]))
-    rest = deviation - sum(c for c, _ in mains)
-    parts = [(c.var() * n / (n - 1), n - 1) for c, n in mains if n > 1]
-    cells = (a.shape[0] - 1 + b.shape[0] - 1) * (max(a.shape[1], b.shape[1]) - 1)
-    parts.append((rest.var(), max(cells, 1)))
-    parts = [(v, d) for v, d in parts if v > 1e-12 * (1 + value**2)]
-    total = sum(v for v, _ in parts)
-    if not parts:
-        return value, value, value, math.inf
-    df = total**2 / sum(v**2 / d for v, d in parts)
-    t = _t_quantile(0.5 + level / 2, df)
-    half = t * math.sqrt(total)
-    return value, value - half, value + half, float(df)
-
-
-def _main(counts: np.ndarray, means: np.ndarray) -> np.ndarray:
-    """The main effect of one resampled factor on each replicate's mean: how far the mean
-    of its resampled level means (rows' or columns') is from the mean of the levels."""
-    return (counts - 1.0) @ means / len(means)
-
-
-def _t_quantile(q: float, df: float) -> float:
-    from scipy.stats import t  # scipy: scikit-learn's dependency; loaded only here
-
-    return float(t.ppf(q, df))
-
-
-def _counts(rng: np.random.Generator, n: int, replicates: int) -> np.ndarray:
-    """How often each of ``n`` indices is drawn in ``n`` draws with replacement, per replicate."""
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=replicates).astype(float)
-
-
-def _means(x: np.ndarray, seeds: np.ndarray, splits: np.ndarray) -> np.ndarray:
-    return np.einsum("ri,ij,rj->r", seeds, x, splits) / (x.shape[0] * x.shape[1])
-
-
-def compare(
-    a: Winner, b: Winner, metric: str, *, replicates: int = REPLICATES, seed: int = SEED
-) -> Difference:
+def compare(a: Winner, b: Winner, metric: str) -> Difference:
     """``a``'s winner minus ``b``'s in ``metric``; splits paired unless known to differ."""
     paired = _paired(a, b)
     xa, xb = a.scores(metric), b.scores(metric)
-    value, low, high, df = bootstrap_interval(
-        xa, xb, replicates=replicates, seed=seed, paired=paired
-    )
+    if min(len(xa), len(xb)) >= MIN_SEEDS:
+        value, low, high, df = difference_interval(xa, xb, paired=paired)
+    else:
+        value, low, high, df = float(xa.mean() - xb.mean()), math.nan, math.nan, math.nan
+    splits = min(xa.shape[1], xb.shape[1])
     return Difference(
-        metric,
-        a.backbone,
-        b.backbone,
-        value,
-        low,
-        high,
-        xa.shape[0],
-        xb.shape[0],
-        min(xa.shape[1], xb.shape[1]),
-        paired,
-        replicates,
-        df,
+        metric, a.backbone, b.backbone, value, low, high, len(xa), len(xb), splits, paired, df
     )
 
 
@@ -460,11 +452,9 @@ class Verdict:
     differences: dict[str, Difference] = field(default_factory=dict)  # metric -> difference
 
 
-def verdicts(
-    conf: Confirmation, *, replicates: int = REPLICATES, seed: int = SEED
-) -> list[Verdict]:
+def verdicts(conf: Confirmation) -> list[Verdict]:
     """Two backbones: the first listed against the second. More: the best (highest mean
-    test mAP) against each other. One backbone, or one with no scored seed: a line why."""
+    validation) against each other. One backbone, or one with no scored seed: a line why."""
     if len(conf.backbones) < 2:
         only = ", ".join(conf.backbones) or "none"
         return [Verdict(only, "", f"No verdict: only one backbone was confirmed ({only}).")]
@@ -479,10 +469,7 @@ def verdicts(
         best = max(scored, key=lambda b: conf.winners[b].val_mean)
         pairs = [(best, b) for b in scored if b != best]
     for a, b in pairs:
-        diffs = {
-            m: compare(conf.winners[a], conf.winners[b], m, replicates=replicates, seed=seed)
-            for m in VERDICT_METRICS
-        }
+        diffs = {m: compare(conf.winners[a], conf.winners[b], m) for m in VERDICT_METRICS}
         out.append(Verdict(a, b, verdict_text(diffs["mAP"], diffs["rank1"]), diffs))
     return out
 
@@ -500,6 +487,8 @@ def _why_unscored(conf: Confirmation, backbone: str) -> str:
 
 def verdict_text(main: Difference, second: Difference | None = None) -> str:
     """One sentence on ``main`` (e.g. mAP), with ``second`` (e.g. Rank-1) beside it."""
+    if not main.decided:
+        return _undecided_text(main, second)
     label = LABELS.get(main.metric, main.metric)
     if main.excludes_zero:
         d = main if main.value > 0 else _flipped(main)
@@ -522,52 +511,55 @@ def verdict_text(main: Difference, second: Difference | None = None) -> str:
     return f"{head}. {_basis(d)}"
 
 
+def _undecided_text(d: Difference, second: Difference | None) -> str:
+    """Below ``MIN_SEEDS`` seeds of a backbone: the difference, no interval, and why."""
+    short = [(name, n) for name, n in ((d.a, d.seeds_a), (d.b, d.seeds_b)) if n < MIN_SEEDS]
+    has = " and ".join(f"{name} has {_n(n, 'scoring seed')}" for name, n in short)
+    more = " and ".join(f"{MIN_SEEDS - n} more of {name}" for name, n in short)
+    text = (
+        f"No verdict between {d.a} and {d.b}: {has}, and a verdict needs at least "
+        f"{MIN_SEEDS} scoring seeds per backbone, because its interval rests on each "
+        f"backbone's seed-to-seed spread (score {more}). Difference {d.a} − {d.b} "
+        f"{d.value:+.2f} {LABELS.get(d.metric, d.metric)} points"
+    )
+    if second is not None:
+        text += f", {LABELS.get(second.metric, second.metric)} {second.value:+.2f} points"
+    return f"{text}; {_over(d)}."
+
+
 def _flipped(d: Difference) -> Difference:
     return Difference(
-        d.metric,
-        d.b,
-        d.a,
-        -d.value,
-        -d.high,
-        -d.low,
-        d.seeds_b,
-        d.seeds_a,
-        d.splits,
-        d.paired,
-        d.replicates,
-        d.df,
-    )
+        d.metric, d.b, d.a, -d.value, -d.high, -d.low, d.seeds_b, d.seeds_a, d.splits,
+        d.paired, d.df,
+    )  # fmt: skip
 
 
-def _basis(d: Difference) -> str:
+def _over(d: Difference) -> str:
     seeds = (
         f"{_n(d.seeds_a, 'seed')} of each"
         if d.seeds_a == d.seeds_b
         else f"{_n(d.seeds_a, 'seed')} of {d.a} and {d.seeds_b} of {d.b}"
     )
-    how = "paired" if d.paired else "unpaired (resampled apart: not known to be the same)"
-    text = (
-        f"Test scores of the confirmed winners, mean over {seeds} x {d.splits} {how} "
-        f"query/gallery splits; {d.replicates:,} bootstrap replicates."
-    )
-    if d.seeds_a == 1 and d.seeds_b == 1:
-        text += (
-            f" One seed per backbone: the interval reflects the splits only (t-corrected for "
-            f"{d.splits} splits, {_dof(d.df)}), not seeds."
-        )
-        return text
-    for name, n in ((d.a, d.seeds_a), (d.b, d.seeds_b)):
-        if n == 1:
-            text += f" {name} has one seed: its seed-to-seed variation is not in the interval."
-    counts = sorted({n for n in (d.seeds_a, d.seeds_b) if n > 1})
-    text += (
-        f" The interval is t-corrected for {' and '.join(map(str, counts))} seeds ({_dof(d.df)})."
-    )
-    return text
+    how = "paired" if d.paired else "unpaired (not known to be the same)"
+    return f"mean over {seeds} x {d.splits} {how} query/gallery splits"
 
 
-def _dof(df: float) -> str:
-    return f"{df:.1f} degrees of freedom" if math.isfinite(df) else "the scores do not vary"
+def _basis(d: Difference) -> str:
+    counts = " and ".join(map(str, sorted({d.seeds_a, d.seeds_b})))
+    return (
+        f"Test scores of the winners' scoring seeds, {_over(d)}. The interval is t-corrected "
+        f"for {counts} seeds ({_dof(d)})."
+    )
+
+
+def _dof(d: Difference) -> str:
+    """The degrees of freedom, and in one clause why these."""
+    seeds = d.df == min(d.seeds_a, d.seeds_b) - 1
+    fewest = "the smaller seed count" if seeds else "the split count"
+    return (
+        f"{_n(int(d.df), 'degree')} of freedom, one fewer than {fewest}: Welch's, from the "
+        f"two backbones' seed spreads, would declare a winner in a tie too often at few seeds"
+    )
 
 
 def _n(n: int, word: str) -> str:

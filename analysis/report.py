@@ -195,8 +195,10 @@ def confirmation_section(conf: Confirmation) -> Figure:
         "identity split); the winner per backbone is the best mean validation score. The "
         "winner is then trained with fresh seeds, and only those runs are scored on the test "
         "protocol: the seeds that chose it would inflate its test score. The verdict's "
-        "interval is a bootstrap over the scoring seeds (per backbone) and query/gallery "
-        "splits (shared by the backbones), t-corrected for the few seeds.",
+        "interval is a t interval with a variance part for each backbone's scoring seeds "
+        "and one for the query/gallery splits (shared by the backbones, so their common "
+        "effect cancels), and one fewer degrees of freedom than the fewer seeds; below 2 "
+        "scoring seeds of a backbone it states no verdict.",
         html=text + to_html(readable_confirmed(conf)),
     )
 

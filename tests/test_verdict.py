@@ -1,4 +1,4 @@
-"""The confirmation stage in the analysis: the paired bootstrap verdict on constructed
+"""The confirmation stage in the analysis: the verdict's paired interval on constructed
 scores with known answers, the search's end-of-run summary, the report's Confirmation
 section, and confirmation runs kept out of the search's trials."""
 
@@ -19,11 +19,10 @@ from analysis.confirm import (
     Confirmation,
     SeedScore,
     Winner,
-    _counts,
-    _means,
     bootstrap_interval,
     compare,
     confirmed_table,
+    difference_interval,
     load_confirmation,
     summary_lines,
     verdicts,
@@ -32,6 +31,7 @@ from analysis.importance import importance_table, rebuild_study
 from analysis.load import load_run, read_trials_csv
 from analysis.rank import comparison_table
 from analysis.report import write_all
+from bench.verdict_power import NULL_SETTINGS, Setting, better_rates
 from tests.conftest import REPO
 from tests.test_analysis import fabricate_run
 
@@ -186,15 +186,15 @@ def fabricate_confirmed_run(
     return run
 
 
-# ------------------------------------------------------------------ the bootstrap
+# ------------------------------------------------------------------ the interval
 
 
 def test_a_clear_difference_excludes_zero_and_says_better():
     rng = np.random.default_rng(1)
     a, b = scores(5, mean=85.0, rng=rng), scores(5, mean=78.0, rng=rng)
-    value, low, high, _ = bootstrap_interval(a, b)
+    value, low, high, df = difference_interval(a, b)
     assert value == pytest.approx(a.mean() - b.mean())
-    assert 0 < low < value < high and low < 7.0 < high
+    assert 0 < low < value < high and low < 7.0 < high and df == 4
     conf = confirmation({"A": winner("A", a), "B": winner("B", b, rank1_below=8.0)})
     (v,) = verdicts(conf)
     assert v.differences["mAP"].excludes_zero and v.differences["rank1"].excludes_zero
@@ -204,7 +204,11 @@ def test_a_clear_difference_excludes_zero_and_says_better():
     said = f"Rank-1 {rank1.value:+.2f} points (95% CI {rank1.low:.2f} to {rank1.high:.2f})"
     assert said in v.text
     assert "5 seeds of each x 10 paired query/gallery splits" in v.text
-    assert "The interval is t-corrected for 5 seeds (" in v.text
+    assert (
+        "The interval is t-corrected for 5 seeds (4 degrees of freedom, one fewer than the "
+        "smaller seed count: Welch's, from the two backbones' seed spreads, would declare a "
+        "winner in a tie too often at few seeds)." in v.text
+    )
     # the worse backbone listed first: the sentence still names the better one first
     (flipped,) = verdicts(confirmation({"B": winner("B", b), "A": winner("A", a)}))
     assert flipped.text.startswith(f"A is better than B by {value:.2f} mAP points")
@@ -213,7 +217,7 @@ def test_a_clear_difference_excludes_zero_and_says_better():
 def test_identical_distributions_are_not_distinguishable():
     rng = np.random.default_rng(2)
     a, b = scores(10, mean=80.0, rng=rng), scores(10, mean=80.0, rng=rng)
-    _, low, high, _ = bootstrap_interval(a, b)
+    _, low, high, _ = difference_interval(a, b)
     assert low < 0 < high
     (v,) = verdicts(confirmation({"A": winner("A", a), "B": winner("B", b)}))
     assert not v.differences["mAP"].excludes_zero
@@ -223,14 +227,14 @@ def test_identical_distributions_are_not_distinguishable():
 
 def test_shared_split_noise_cancels_when_splits_are_paired():
     """Splits that differ a lot in difficulty (sd 10), the same for both backbones, and a
-    true gap of 2: pairing the split indices keeps the interval narrow and off zero;
-    resampling them apart for each backbone would make it wide and cover zero."""
+    true gap of 2: pairing the splits keeps the interval narrow and off zero; taking each
+    backbone's splits apart would make it wide and cover zero."""
     rng = np.random.default_rng(3)
     shared = rng.normal(0, 10.0, 10)
     a = scores(4, mean=82.0, seed_sd=0.2, split_effect=shared, noise_sd=0.2, rng=rng)
     b = scores(4, mean=80.0, seed_sd=0.2, split_effect=shared, noise_sd=0.2, rng=rng)
-    _, low, high, _ = bootstrap_interval(a, b, paired=True)
-    _, ulow, uhigh, _ = bootstrap_interval(a, b, paired=False)
+    _, low, high, _ = difference_interval(a, b, paired=True)
+    _, ulow, uhigh, _ = difference_interval(a, b, paired=False)
     assert 0 < low and high - low < 1.0
     assert ulow < 0 < uhigh and uhigh - ulow > 10 * (high - low)
     (v,) = verdicts(confirmation({"A": winner("A", a), "B": winner("B", b)}))
@@ -239,77 +243,110 @@ def test_shared_split_noise_cancels_when_splits_are_paired():
     assert (v.differences["mAP"].low, v.differences["mAP"].high) == (low, high)
 
 
-def test_the_bootstrap_is_deterministic_for_a_seed():
-    rng = np.random.default_rng(4)
-    a, b = scores(3, rng=rng), scores(5, rng=rng)
-    assert bootstrap_interval(a, b, seed=7) == bootstrap_interval(a, b, seed=7)
-    assert bootstrap_interval(a, b, seed=7) != bootstrap_interval(a, b, seed=8)
-    conf = confirmation({"A": winner("A", a), "B": winner("B", b)})
-    assert [v.text for v in verdicts(conf)] == [v.text for v in verdicts(conf)]
-
-
-def test_the_bootstrap_resamples_seeds_and_splits():
-    """The interval's width matches the known sampling sd of the mean: with seed effects
-    only, sd/sqrt(seeds) (sd with n - 1: the bootstrap's n/(n - 1) correction) times the
-    Student-t point for n - 1 degrees of freedom."""
+def test_the_interval_is_the_t_interval_of_its_parts():
+    """Seeds vary, splits not: the t interval of the seed means, with one fewer degrees of
+    freedom than the fewer seeds. Splits vary, seeds not: the t interval of the per-split
+    differences (their shared part cancels)."""
     rng = np.random.default_rng(5)
-    a = 80.0 + np.repeat(rng.normal(0, 4.0, (40, 1)), 10, axis=1)  # seeds vary, splits not
-    b = np.full((40, 10), 70.0)
-    _, low, high, _ = bootstrap_interval(a, b)
-    expected = 2 * stats.t.ppf(0.975, 39) * a[:, 0].std(ddof=1) / np.sqrt(40)
-    assert high - low == pytest.approx(expected, rel=0.03)
+    a = 80.0 + np.repeat(rng.normal(0, 4.0, (5, 1)), 10, axis=1)
+    b = np.full((7, 10), 70.0)
+    value, low, high, df = difference_interval(a, b)
+    assert df == 4 and value == pytest.approx(10.0 + a[:, 0].mean() - 80.0)
+    sd = a[:, 0].std(ddof=1) / np.sqrt(5)
+    assert high - low == pytest.approx(2 * stats.t.ppf(0.975, 4) * sd, rel=1e-9)
+    shared, own = rng.normal(0, 5.0, 10), rng.normal(0, 1.0, 10)
+    a, b = np.tile(80.0 + shared + own, (3, 1)), np.tile(78.0 + shared, (3, 1))
+    _, low, high, df = difference_interval(a, b)
+    sd = own.std(ddof=1) / np.sqrt(10)
+    assert df == 2 and high - low == pytest.approx(2 * stats.t.ppf(0.975, 2) * sd, rel=1e-9)
 
 
-def null_false_positive_rate(interval, n_seeds: int, sims: int, replicates: int) -> float:
-    """How often ``interval(a, b, replicates, seed) -> (low, high)`` excludes 0 (a verdict
-    "better") when both backbones' scores come from one distribution: seed sd 3, split
-    effect sd 2.5 shared by the backbones plus sd 0.5 each, noise sd 0.3 (points)."""
-    rng = np.random.default_rng(2024)
-    hits = 0
-    for k in range(sims):
-        shared = rng.normal(0, 2.5, 10)
-        a, b = (
-            scores(n_seeds, seed_sd=3.0, split_effect=shared + rng.normal(0, 0.5, 10), rng=rng)
-            for _ in range(2)
-        )
-        low, high = interval(a, b, replicates, k)
-        hits += low > 0 or high < 0
-    return hits / sims
+def test_a_batch_of_score_arrays_gives_each_its_own_interval():
+    """The null simulations run the shipped interval on a batch at once: the same numbers
+    as one call per simulation."""
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(80, 3, (6, 3, 10)), rng.normal(80, 3, (6, 5, 10))
+    batch = difference_interval(a, b)
+    for k in range(6):
+        one = difference_interval(a[k], b[k])
+        assert [float(x[k]) for x in batch[:3]] == pytest.approx(list(one[:3]), rel=1e-12)
+        assert one.df == batch.df == 2
+    with pytest.raises(ValueError, match="at least 2 seeds of each backbone"):
+        difference_interval(a[:, :1], b)
+    # the former name, for its callers (bench.chain): the same interval, nothing drawn
+    assert bootstrap_interval(a[0], b[0], replicates=2000, seed=3) == difference_interval(
+        a[0], b[0]
+    )
 
 
-def test_three_seeds_identical_distributions_rarely_say_better():
-    """With 3 seeds per backbone and identical distributions, the 95% interval excludes 0
-    about 5% of the time (~4-5% in longer simulations); the replicates' percentile points,
-    the interval before the t-correction, did so ~20% of the time."""
+def test_a_tie_is_called_better_at_most_2_5_percent_per_side():
+    """Issue 23: under a true tie, "A is better" and "B is better" each at most 2.5% of the
+    time, for equal (3, 3) and unequal (5, 2) seed sds, split sd 1 and 2 on shared splits,
+    2-5 seeds per backbone and 2 against 5 (bench.verdict_power's settings, through the
+    shipped interval). 4,000 seeded simulations per setting: the binomial standard error
+    at 2.5% is 0.25 points, so the bound checked is 3.0% (two of them above); the shipped
+    interval's worst side measured 1.6% with 20,000 (BENCHMARKS.md), and Welch's degrees
+    of freedom reach 5.5% (2 seeds of sd 5 against 5 of sd 2), which this catches."""
+    rates = {}
+    for k, setting in enumerate(NULL_SETTINGS):
+        rates[setting] = better_rates(setting, 4000, np.random.default_rng(100 + k))
+    worst = {s: max(r) for s, r in rates.items() if max(r) > 0.03}
+    assert not worst, worst
+    # not vacuous: with 5 seeds of each the interval does say "better" now and then
+    assert max(max(r) for s, r in rates.items() if s.seeds == (5, 5)) > 0.005
 
-    def corrected(a, b, replicates, seed):
-        return bootstrap_interval(a, b, replicates=replicates, seed=seed)[1:3]
 
-    def percentile(a, b, replicates, seed):  # the former interval, from the same replicates
-        r = np.random.default_rng(seed)
-        sa, sb, sp = (_counts(r, n, replicates) for n in (a.shape[0], b.shape[0], a.shape[1]))
-        return np.percentile(_means(a, sa, sp) - _means(b, sb, sp), [2.5, 97.5])
-
-    assert null_false_positive_rate(corrected, 3, sims=200, replicates=2000) <= 0.10
-    assert null_false_positive_rate(percentile, 3, sims=200, replicates=2000) > 0.12
+def test_a_real_gap_is_found():
+    """10 points apart, seed sd 3, 5 seeds each: the verdict says so nearly always."""
+    hit, wrong = better_rates(Setting((5, 5), gap=10.0), 2000, np.random.default_rng(9))
+    assert hit > 0.9 and wrong == 0
 
 
-def test_one_seed_per_backbone_is_splits_only_and_says_so():
+def test_the_power_command_runs(tmp_path, monkeypatch, capsys):
+    from bench import verdict_power
+
+    monkeypatch.setattr(verdict_power, "RESULTS", tmp_path)
+    assert verdict_power.main(["--sims", "200"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n| 0 | ") == len(NULL_SETTINGS) and "\n| 5 | 3 / 3 | 3 / 3 | 1.5 |" in out
+    assert "verdict_power: tie called better at most " in out
+    doc = json.loads((tmp_path / "verdict_power.json").read_text())
+    assert len(doc["rows"]) == len(NULL_SETTINGS) + len(verdict_power.POWER_SETTINGS)
+
+
+def test_one_seed_of_a_backbone_never_says_better():
+    """Issue 23: with one scoring seed per backbone the verdict said "better" under a true
+    tie ~87% of the time (seed sd 3: the interval saw the splits only). Below 2 scoring
+    seeds of a backbone it states no "better" and says how many it needs."""
     rng = np.random.default_rng(6)
-    shared = rng.normal(0, 3.0, 10)
-    a = scores(1, mean=85.0, split_effect=shared, rng=rng)
-    b = scores(1, mean=80.0, split_effect=shared, rng=rng)
+    said = []
+    for _ in range(200):
+        shared = rng.normal(0, 1.5, 10)
+        a, b = (scores(1, seed_sd=3.0, split_effect=shared, rng=rng) for _ in range(2))
+        (v,) = verdicts(confirmation({"A": winner("A", a), "B": winner("B", b)}))
+        said.append(v.text)
+    assert not [t for t in said if "better" in t], said[:3]
+    assert said[0].startswith(
+        "No verdict between A and B: A has 1 scoring seed and B has 1 scoring seed, and a "
+        "verdict needs at least 2 scoring seeds per backbone, because its interval rests on "
+        "each backbone's seed-to-seed spread (score 1 more of A and 1 more of B). "
+        "Difference A − B "
+    )
+    assert "mean over 1 seed of each x 10 paired query/gallery splits." in said[0]
+
+
+def test_one_seed_against_three_says_which_needs_more():
+    rng = np.random.default_rng(7)
+    a = scores(1, mean=95.0, rng=rng)  # far apart, still no "better" with one seed
+    b = scores(3, mean=70.0, rng=rng)
     (v,) = verdicts(confirmation({"A": winner("A", a), "B": winner("B", b)}))
     d = v.differences["mAP"]
-    assert d.low < d.value < d.high and d.high - d.low < 2.0  # from the splits alone
-    assert "1 seed of each x 10 paired" in v.text
-    assert "One seed per backbone: the interval reflects the splits only" in v.text
-    assert "t-corrected for 10 splits" in v.text and "t-corrected for 1 seed" not in v.text
-    three = scores(3, mean=80.0, split_effect=shared, rng=rng)
-    (v,) = verdicts(confirmation({"A": winner("A", a), "B": winner("B", three)}))
-    assert "1 seed of A and 3 of B" in v.text
-    assert "A has one seed: its seed-to-seed variation is not in the interval" in v.text
-    assert "The interval is t-corrected for 3 seeds (" in v.text
+    assert not d.decided and not d.excludes_zero and np.isnan([d.low, d.high, d.df]).all()
+    assert d.value == pytest.approx(a.mean() - b.mean())
+    assert v.text.startswith("No verdict between A and B: A has 1 scoring seed, and a verdict")
+    assert "(score 1 more of A)" in v.text and "better" not in v.text
+    assert f"Difference A − B {d.value:+.2f} mAP points, Rank-1 " in v.text
+    assert "mean over 1 seed of A and 3 of B x 10 paired" in v.text
 
 
 def test_no_verdict_without_a_scored_seed_or_a_second_backbone(tmp_path):
@@ -400,7 +437,7 @@ sys.modules["ray"] = None
 sys.modules["optuna"] = None  # importing either would fail
 from analysis.confirm import summary_lines
 lines = summary_lines({str(run)!r})
-assert lines and "better" in lines[-1], lines
+assert lines and " is better than " in lines[-1], lines
 loaded = [m for m in ("torch", "plotly", "handreid.train", "search") if m in sys.modules]
 assert not loaded, loaded
 print("ok")
@@ -515,4 +552,19 @@ def test_an_old_format_test_file_is_one_seed(tmp_path):
     conf = load_confirmation(run)
     assert len(conf.winners["B"].seeds) == 1 and conf.winners["B"].config_id == doc["config_id"]
     (v,) = verdicts(conf)
-    assert "3 seeds of A and 1 of B" in v.text and "B has one seed" in v.text
+    assert "3 seeds of A and 1 of B" in v.text and "B has 1 scoring seed" in v.text
+    assert "better" not in v.text
+
+
+def test_the_selection_runs_beside_the_seeds_are_not_scored(tmp_path):
+    """test_metrics.json may list the runs that chose the winner under ``selection``
+    beside the scored ``seeds``: the verdict and the tables read ``seeds`` only."""
+    run = fabricate_confirmed_run(tmp_path)
+    before = [v.text for v in verdicts(load_confirmation(run))]
+    path = run / "best" / "A" / "test_metrics.json"
+    doc = json.loads(path.read_text())
+    doc["selection"] = [{**s, "mAP": 0.0, "per_split": [{"mAP": 0.0}] * 10} for s in doc["seeds"]]
+    path.write_text(json.dumps(doc))
+    conf = load_confirmation(run)
+    assert len(conf.winners["A"].seeds) == 3 and conf.winners["A"].scores("mAP").min() > 50
+    assert [v.text for v in verdicts(conf)] == before
