@@ -93,6 +93,8 @@ def asha_rungs(meta: dict[str, Any], pruned_at: list[int]) -> tuple[list[int], s
     tune = meta.get("tune") or {}
     grace, factor = tune.get("grace_period"), tune.get("reduction_factor")
     max_t = meta.get("max_epochs") or tune.get("max_epochs")
+    if isinstance(tune.get("rungs"), list) and tune["rungs"]:  # tune.scheduler.rungs
+        return [int(r) for r in tune["rungs"]], "the space's rungs (search.json)"
     if all(isinstance(v, int) for v in (grace, factor, max_t)) and max_t >= grace >= 1:
         count = int(math.log(max_t / grace) / math.log(factor) + 1) if factor >= 2 else 0
         if count:

@@ -116,17 +116,6 @@ def test_scores(world: World, q: float, effects: np.ndarray, splits: np.ndarray,
 # ------------------------------------------------------------------ one search
 
 
-class _Trial:  # what the scheduler reads of a Tune trial
-    def __init__(self, trial_id: str, config: dict):
-        self.trial_id, self.config = trial_id, config
-
-
-class _Controller:  # a new search: no recorded trials to rebuild rungs from
-    @staticmethod
-    def get_trials() -> list:
-        return []
-
-
 def warmup_of(space, params: dict[str, Any]) -> float:
     from handreid.train.optim import warmup_epochs
 
@@ -148,30 +137,30 @@ def search(space, world: World, chain: Chain, seed: int) -> list[dict]:
     """One search through the searcher and scheduler the product builds; each trial's run
     trains with seed effect drawn for (backbone, seed 0)."""
     import optuna
-    from ray.tune.schedulers import TrialScheduler
 
     from handreid.train.early_stopping import first_judged_epoch
-    from search.strategy import build_scheduler, build_searcher, tpe
+    from search.strategy import TuneLoop, build_scheduler, build_searcher, judged_from, tpe
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rng = np.random.default_rng([seed, 1])
     t = space.tune
     sampler = None if chain.grouped else tpe(seed, t.n_startup_trials)
-    searcher = build_searcher(space, seed=seed, sampler=sampler)
-    scheduler = build_scheduler(space, metric="objective", mode=t.mode)
+    loop = TuneLoop(
+        build_searcher(space, seed=seed, sampler=sampler),
+        build_scheduler(space, metric="objective", mode=t.mode),
+        max_concurrent=1,
+        tag=f"{seed:05x}",
+    )
     patience = space.base.train.patience
     trials = []
-    for n in range(t.num_samples):
-        trial_id = f"{seed:05x}_{n:05d}"
-        params = searcher.suggest(trial_id)
+    for _ in range(t.num_samples):
+        trial_id, params = loop.start()
         backbone = params["model.backbone"]
         warmup = warmup_of(space, params)
         effect = rng.normal(0.0, world.seed_std[backbone])
         curve = val_curve(world, space, params, effect, rng, warmup)
         first = first_judged_epoch(warmup, t.judge_after, len(curve)) if chain.warmup_stop else 1
         stopped = stop_epoch(curve, patience, first)
-        trial = _Trial(trial_id, params)
-        scheduler.on_trial_add(_Controller, trial)
         best, status, result = -math.inf, "running", {}
         for epoch, value in enumerate(curve, 1):
             best = max(best, value)
@@ -181,14 +170,11 @@ def search(space, world: World, chain: Chain, seed: int) -> list[dict]:
                 "epoch": epoch,
                 "objective": best,
                 "status": status,
-                "warmup_epochs": warmup,
-                "judge_from_epoch": t.judge_after * len(curve),
+                **judged_from(warmup, t.judge_after, len(curve)),
             }
-            searcher.on_trial_result(trial_id, result)
-            if end or scheduler.on_trial_result(_Controller, trial, result) == TrialScheduler.STOP:
+            if not loop.report(trial_id, result) or end:
                 break
-        searcher.on_trial_complete(trial_id, result)
-        scheduler.on_trial_complete(_Controller, trial, result)
+        loop.end(trial_id)
         trials.append(
             {
                 "trial_id": trial_id,

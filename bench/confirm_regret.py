@@ -111,10 +111,7 @@ def expected_search_epochs(space) -> float:
     """Expected training epochs of the search: every trial to the first rung, then a share
     1/rf of those left at each further rung (ASHA's promotion rate)."""
     t = space.tune
-    rungs, rung = [], t.grace_period
-    while rung < space.max_epochs:
-        rungs.append(rung)
-        rung *= t.reduction_factor
+    rungs = t.milestones(space.max_epochs)
     epochs, alive, last = 0.0, 1.0, 0
     for rung in rungs:
         epochs += alive * (rung - last)

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -63,10 +63,25 @@ class ResumableASHA(AsyncHyperBandScheduler):
     ``group_by`` (a key of the trial's config, e.g. ``model.backbone``) gives every value
     its own rungs: a trial is compared only with trials of its group, so a backbone whose
     validation mAP runs lower overall is not pruned wholesale by the other's cutoffs.
+
+    ``milestones`` sets the rungs' epochs directly (ascending; bracket ``s`` has all but the
+    first ``s``), in place of ``grace_period * reduction_factor**k``.
+
+    Driven outside Tune (``search.strategy.TuneLoop``) the controller is None: a new search,
+    nothing recorded to rebuild the rungs from.
     """
 
-    def __init__(self, *args: Any, group_by: str | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        group_by: str | None = None,
+        milestones: Sequence[int] | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
+        if milestones is not None:
+            for s, bracket in enumerate(self._brackets):
+                bracket._rungs = [(m, {}) for m in reversed(list(milestones)[s:])]
         self._rebuilt = False
         self._stopped_at: dict[str, float] = {}  # trial id -> time_attr Tune stopped it at
         self._group_by = group_by
@@ -145,6 +160,8 @@ class ResumableASHA(AsyncHyperBandScheduler):
         if self._rebuilt:
             return
         self._rebuilt = True  # once per instance: Tune.restore makes a new one
+        if tune_controller is None:  # driven outside Tune: a new search
+            return
         trials = [t for t in tune_controller.get_trials() if t.trial_id in self._trial_info]
         fed = 0
         for trial, result in recorded_results(trials):

@@ -117,6 +117,9 @@ class TuneSettings:
     max_concurrent: int = 2
     grace_period: int = 2
     reduction_factor: int = 2
+    # the rungs' epochs, set directly (e.g. [10]: one rung at epoch 10) instead of Ray's
+    # grace_period * reduction_factor**k; each keeps the best 1/reduction_factor
+    rungs: tuple[int, ...] | None = None
     # asynchronous Hyperband: bracket s starts pruning at grace_period * reduction_factor**s;
     # 1 is plain ASHA (bench.tabular replay chooses per space)
     brackets: int = 1
@@ -133,6 +136,17 @@ class TuneSettings:
     # their own backbone's; null: one set of rungs for all
     bracket_by: str | None = "model.backbone"
     confirm: ConfirmSettings = field(default_factory=ConfirmSettings)
+
+    def milestones(self, max_epochs: int) -> list[int]:
+        """ASHA's first bracket's rungs (epochs, ascending) below ``max_epochs``: ``rungs``,
+        else Ray's ``grace_period * reduction_factor**k``."""
+        if self.rungs is not None:
+            return [r for r in self.rungs if r < max_epochs]
+        out, rung = [], self.grace_period
+        while rung < max_epochs:
+            out.append(rung)
+            rung *= self.reduction_factor
+        return out
 
 
 @dataclass
@@ -461,10 +475,13 @@ def _parse_tune(doc: dict) -> TuneSettings:
         **{k: v for k, v in scheduler.items() if k != "type"},
         **{f"{k}_per_trial": v for k, v in resources.items()},
     }
+    if "rungs" in scheduler and "grace_period" in scheduler:
+        raise ConfigError("set rungs or grace_period, not both", key="tune.scheduler.rungs")
     try:
         tune = from_dict(TuneSettings, mapped)
     except ConfigError as err:
         raise err.at("tune") from None
+    _check_rungs(tune)
     checks = [
         (tune.num_samples >= 1, "num_samples", "must be >= 1"),
         (tune.mode in ("max", "min"), "mode", "must be max or min"),
@@ -473,7 +490,7 @@ def _parse_tune(doc: dict) -> TuneSettings:
         (tune.brackets >= 1, "brackets", "must be >= 1"),
         (0 <= tune.judge_after < 1, "judge_after", "must be in [0, 1)"),
         (
-            tune.max_epochs is None or tune.max_epochs >= tune.grace_period,
+            tune.max_epochs is None or tune.rungs or tune.max_epochs >= tune.grace_period,
             "max_epochs",
             "must be >= grace_period",
         ),
@@ -490,3 +507,19 @@ def _parse_tune(doc: dict) -> TuneSettings:
         if not ok:
             raise ConfigError(message, key=f"tune.{key}")
     return tune
+
+
+def _check_rungs(tune: TuneSettings) -> None:
+    """``tune.scheduler.rungs``: epochs >= 1, strictly ascending, below ``max_epochs``."""
+    if tune.rungs is None:
+        return
+    where = "tune.scheduler.rungs"
+    rungs = list(tune.rungs)
+    if not rungs or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rungs):
+        raise ConfigError("must be a non-empty list of epochs >= 1", key=where)
+    if rungs != sorted(set(rungs)):
+        raise ConfigError(f"must be strictly ascending, got {rungs}", key=where)
+    if tune.max_epochs is not None and rungs[-1] >= tune.max_epochs:
+        raise ConfigError(
+            f"every rung must lie before max_epochs ({tune.max_epochs}), got {rungs}", key=where
+        )

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import getpass
 import json
-import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 from handreid.errors import HandReIDError
 from handreid.train.checkpoint import atomic_link, atomic_save
+from search.objective import BestSoFar, judged_from
 from search.space import SearchSpace
 
 STATE_FILES = ("checkpoint.pt", "best.pt")
@@ -36,18 +36,6 @@ STATES = "states"
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
-
-
-class BestSoFar:
-    def __init__(self, mode: str):
-        self.sign = 1.0 if mode == "max" else -1.0
-        self.value: float | None = None
-
-    def update(self, value: Any) -> float:
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            if self.value is None or self.sign * value > self.sign * self.value:
-                self.value = float(value)
-        return self.value if self.value is not None else float("nan")
 
 
 def state_dir(scratch_root: str | None, experiment: str, trial_id: str) -> Path:
@@ -215,12 +203,11 @@ def run_trial(
     from handreid.train.trainer import train
 
     cfg = space.trial_config(params, extra)
-    judged = {  # ASHA judges the trial only after its warm-up and the space's share of it
-        "warmup_epochs": warmup_epochs(
-            cfg.optim.scheduler, cfg.optim.warmup_epochs, cfg.train.epochs
-        ),
-        "judge_from_epoch": space.tune.judge_after * cfg.train.epochs,
-    }
+    judged = judged_from(  # ASHA judges the trial only after its warm-up and the share
+        warmup_epochs(cfg.optim.scheduler, cfg.optim.warmup_epochs, cfg.train.epochs),
+        space.tune.judge_after,
+        cfg.train.epochs,
+    )
     ctx = tune.get_context()
     out = state_dir(scratch_root, ctx.get_experiment_name(), state_key or ctx.get_trial_id())
     checkpoint = tune.get_checkpoint()
