@@ -5,7 +5,7 @@ the searcher and scheduler (``search.strategy``, driven as Tune drives them, tri
 time), early stopping (``handreid.train.early_stopping``), the confirmation's choice of each
 backbone's winner (``search.confirm.summary``, over ``search.confirm.wanted_runs``' seeds),
 its scoring runs (``search.confirm.scoring_runs``) and the verdict
-(``analysis.confirm.bootstrap_interval``). Each quantity is measured for the shipped chain
+(``analysis.confirm.difference_interval``). Each quantity is measured for the shipped chain
 and for the chain before issue 23 (one TPE over both backbones, the winner scored on the
 seeds that chose it, patience counted inside the warm-up), on the same synthetic worlds:
 
@@ -269,13 +269,14 @@ def scored(space, world: World, chain: Chain, winner: dict, splits, rng) -> np.n
 
 
 def verdict(a: np.ndarray, b: np.ndarray) -> int:
-    """+1: "a is better", -1: "b is better", 0: no difference stated."""
-    from analysis.confirm import bootstrap_interval
+    """+1: "a is better", -1: "b is better", 0: no difference stated (as the report's
+    verdict, which states none below ``MIN_SEEDS`` scoring seeds per backbone)."""
+    from analysis.confirm import MIN_SEEDS, difference_interval
 
-    if min(len(a), len(b)) < 2:  # the verdict states no "better" below 2 seeds
+    if min(len(a), len(b)) < MIN_SEEDS:
         return 0
-    _, low, high, _ = bootstrap_interval(a, b, replicates=2000)
-    return 1 if low > 0 else (-1 if high < 0 else 0)
+    interval = difference_interval(a, b, paired=True)
+    return 1 if interval.low > 0 else (-1 if interval.high < 0 else 0)
 
 
 # ------------------------------------------------------------------ measurements
