@@ -290,6 +290,7 @@ class Tally:
     alone_late_scale: list[float] = field(default_factory=list)
     bias: dict[str, list[float]] = field(default_factory=dict)  # backbone -> test - truth
     verdicts: list[int] = field(default_factory=list)
+    truth: list[float] = field(default_factory=list)  # the winners' true quality, a - b
     in_warmup: list[float] = field(default_factory=list)  # share of trials, per chain
     complete: dict[str, list[int]] = field(default_factory=dict)
 
@@ -320,6 +321,7 @@ def one_chain(space, world: World, chain: Chain, seed: int, repeats: int, tally:
         for b in backbones:
             tally.bias.setdefault(b, []).append(float(scores[b].mean() - winners[b]["quality"]))
         tally.verdicts.append(verdict(scores[backbones[0]], scores[backbones[1]]))
+        tally.truth.append(winners[backbones[0]]["quality"] - winners[backbones[1]]["quality"])
 
 
 def alone_space(space, backbone: str):
@@ -430,8 +432,11 @@ def _mean_sem(values: list[float]) -> tuple[float, float]:
 
 
 def summarise(tally: Tally, weak: str) -> dict:
-    verdicts = np.asarray(tally.verdicts)
+    verdicts, truth = np.asarray(tally.verdicts), np.asarray(tally.truth)
+    wrong = (verdicts != 0) & (verdicts != np.sign(truth))  # against the winners' truth
     return {
+        "wrong_better": float(np.mean(wrong)) if verdicts.size else math.nan,
+        "winner_gap": _mean_sem(list(truth)),
         "weak": weak,
         "weak_late_scale_median": float(np.median(tally.weak_late_scale)),
         "weak_below_20": float(np.mean([x < 20 for x in tally.weak_late_scale])),
@@ -460,20 +465,24 @@ def run(args) -> int:
 def markdown(args) -> int:
     rows = json.loads(Path(args.json).read_text())
     print(
-        "| setting | chain | weak backbone's late ArcFace scale (median; share < 20) | "
-        "bias of winners' test mean | 'first better' / 'second better' | "
-        "stopped inside warm-up |"
+        "| setting | chain | (a) weaker backbone's late ArcFace scale, median (share < 20) "
+        "| (b) bias of the winners' test mean | (c, d) 'first better' / 'second better' | "
+        "claims against the winners' truth | winners' true gap | (e) stopped inside warm-up |"
     )
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         bias = ", ".join(f"{b} {m:+.2f} ± {s:.2f}" for b, (m, s) in r["bias"].items())
-        alone = ""
+        scale = "—"
         if "alone_late_scale_median" in r:
-            alone = f" (alone: {r['alone_late_scale_median']:.1f}; {r['alone_below_20']:.0%})"
+            scale = (
+                f"{r['weak_late_scale_median']:.1f} ({r['weak_below_20']:.0%}); alone "
+                f"{r['alone_late_scale_median']:.1f} ({r['alone_below_20']:.0%})"
+            )
+        gap, sem = r.get("winner_gap", (math.nan, math.nan))
         print(
-            f"| {r['setting']} | {r['chain']} | {r['weak_late_scale_median']:.1f}; "
-            f"{r['weak_below_20']:.0%}{alone} | {bias} | {r['first_better']:.1%} / "
-            f"{r['second_better']:.1%} (n={r['verdicts']}) | {r['in_warmup_share']:.1%} |"
+            f"| {r['setting']} | {r['chain']} | {scale} | {bias} | {r['first_better']:.1%} / "
+            f"{r['second_better']:.1%} | {r.get('wrong_better', math.nan):.1%} | "
+            f"{gap:+.2f} ± {sem:.2f} | {r['in_warmup_share']:.1%} |"
         )
     return 0
 
