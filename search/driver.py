@@ -41,10 +41,13 @@ from search.rundir import (
     mirror_results,
     pin_run_dir,
     read_search_meta,
+    study_name,
+    study_storage,
     write_search_meta,
 )
 from search.scoring import evaluate_top_k
 from search.space import SearchSpace
+from search.studies import write_group_studies
 from search.table import TEST_COLUMNS, search_table, top_k, write_table
 from search.tune_state import search_finished
 
@@ -116,6 +119,8 @@ def finish(space: SearchSpace, opts: SearchOptions, grid, confirmed=None) -> pd.
     for col in TEST_COLUMNS:
         table[col] = [tests.get(t, {}).get(col.removeprefix("test_")) for t in table["trial_id"]]
     fail_lost_trials(run_dir)  # none left after a resume, unless a tell failed
+    if space.group_key():  # per-backbone importance and history in optuna-dashboard
+        write_group_studies(study_storage(run_dir), study_name(opts), *space.group_key())
     write_table(table, run_dir / "trials.csv")
     write_report(run_dir)
     return table

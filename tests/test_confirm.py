@@ -180,7 +180,10 @@ def test_a_search_confirms_its_top_configurations_and_scores_the_winners_seeds(
     fresh = table[table["config_id"].isin(winners) & (table["role"] == "score")]
     assert set(scored["trial_id"]) == set(fresh["trial_id"]) and len(fresh) == 4
 
-    # the study: user attributes on the confirmed configurations' trials, no new trials
+    # the study: user attributes on the confirmed configurations' trials, no new trials; a
+    # derived study per backbone for the dashboard
+    names = optuna.get_all_study_names(f"sqlite:///{run_dir / 'study.db'}")
+    assert sorted(names) == ["handreid-a", "handreid-a [tiny-rn]", "handreid-a [tiny-vit]"]
     attrs = study_attrs(run_dir, "a")
     assert set(attrs) == set(search_rows["trial_id"])
     for row in confirm.itertuples():
