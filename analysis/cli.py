@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     for note in result.notes:
         print(f"note: {note}")
     print(f"report: {out / 'report.html'}")
+    if result.pngs:
+        print(f"PNGs: {len(result.pngs)} in {result.pngs[0].parent}")
     print(
         f"ranked comparison: {out / 'comparison.md'} (also .csv, .html); all trials: "
         f"{out / 'ranked.csv'}"

@@ -11,6 +11,7 @@ from plotly.subplots import make_subplots
 
 from analysis.confirm import Confirmation
 from analysis.load import RunData
+from analysis.winners import Chosen
 
 COLORS = {"fANOVA": "#1f77b4", "PED-ANOVA": "#ff7f0e"}
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b"]
@@ -53,14 +54,14 @@ def importance_figure(table: pd.DataFrame, title: str, counted: str) -> go.Figur
 
 
 def backbone_progress(data: RunData) -> pd.DataFrame:
-    """Per backbone, in trial start order: cumulative training time and the best value so
-    far (failed trials add their time but no value)."""
+    """Per backbone, in trial start order: cumulative trial time (``trial_seconds``) and the
+    best value so far (failed trials add their time but no value)."""
     rows = []
     for backbone, group in data.trials.groupby("backbone", sort=True):
         best = None
         spent = 0.0
         for row in group.itertuples():  # data.trials is in start order
-            spent += float(row.compute_seconds or 0.0)
+            spent += float(row.trial_seconds or 0.0)
             value = getattr(row, data.best_column)
             usable = row.status != "failed" and pd.notna(value)
             if usable and (best is None or (value > best if data.mode == "max" else value < best)):
@@ -70,7 +71,7 @@ def backbone_progress(data: RunData) -> pd.DataFrame:
                     "backbone": backbone,
                     "trial_id": row.trial_id,
                     "status": row.status,
-                    "cumulative_compute_s": spent,
+                    "cumulative_seconds": spent,
                     "value": value if usable else None,
                     "best_so_far": best,
                 }
@@ -81,22 +82,22 @@ def backbone_progress(data: RunData) -> pd.DataFrame:
             "backbone",
             "trial_id",
             "status",
-            "cumulative_compute_s",
+            "cumulative_seconds",
             "value",
             "best_so_far",
         ],
     )
 
 
-def progress_figure(data: RunData, progress: pd.DataFrame) -> go.Figure:
-    """Best-so-far validation metric of each backbone against the training time spent on it;
-    a star marks each backbone's winner."""
-    minutes = progress["cumulative_compute_s"].max() > 300
+def progress_figure(data: RunData, progress: pd.DataFrame, chosen: dict[str, Chosen]) -> go.Figure:
+    """Best-so-far validation metric of each backbone against the time spent on its trials;
+    a star marks each backbone's winner (``analysis.winners``) at its search run."""
+    minutes = progress["cumulative_seconds"].max() > 300
     scale, unit = (60.0, "min") if minutes else (1.0, "s")
     colours = backbone_colours(data)
     fig = go.Figure()
     for backbone, part in progress.groupby("backbone", sort=True):
-        x = part["cumulative_compute_s"] / scale
+        x = part["cumulative_seconds"] / scale
         colour = colours[backbone]
         fig.add_trace(
             go.Scatter(
@@ -117,68 +118,54 @@ def progress_figure(data: RunData, progress: pd.DataFrame) -> go.Figure:
                 hovertext=part["trial_id"] + " (" + part["status"] + ")",
             )
         )
-        if part["value"].notna().any():
-            win = part.loc[part["value"].idxmax() if data.mode == "max" else part["value"].idxmin()]
-            fig.add_trace(
-                go.Scatter(
-                    x=[win["cumulative_compute_s"] / scale],
-                    y=[win["value"]],
-                    mode="markers+text",
-                    marker={
-                        "symbol": "star",
-                        "size": 16,
-                        "color": colour,
-                        "line": {"color": "black", "width": 1},
-                    },
-                    text=[f"best {backbone}: {win['value']:.2f}%"],
-                    textposition="top center",
-                    showlegend=False,
-                    hovertext=win["trial_id"],
-                )
-            )
+        win = part[part["trial_id"] == chosen[backbone].config_id] if backbone in chosen else []
+        if len(win) and pd.notna(win["value"].iloc[0]):
+            _star(fig, win["cumulative_seconds"].iloc[0] / scale, win["value"].iloc[0], colour,
+                  f"★ winner {chosen[backbone].label}")  # fmt: skip
     fig.update_layout(
-        title=f"Backbones: best validation {data.metric} so far against training time spent",
-        xaxis_title=f"cumulative training time of the backbone's trials ({unit})",
+        title=f"Backbones: best validation {data.metric} so far against trial time spent",
+        xaxis_title=f"cumulative trial time of the backbone's trials ({unit})",
         yaxis_title=f"best validation {data.metric} (%)",
         height=450,
     )
     return fig
 
 
-def learning_curves_figure(data: RunData) -> go.Figure:
+def _star(fig: go.Figure, x, y, colour: str, name: str, **where) -> None:
+    """A winner's star, in the legend under ``name``."""
+    fig.add_trace(
+        go.Scatter(
+            x=[x],
+            y=[y],
+            mode="markers",
+            marker={
+                "symbol": "star",
+                "size": 16,
+                "color": colour,
+                "line": {"color": "black", "width": 1},
+            },
+            name=name,
+            hovertext=[name],
+        ),  # fmt: skip
+        **where,
+    )
+
+
+def learning_curves_figure(data: RunData, chosen: dict[str, Chosen]) -> go.Figure:
     """Validation metric by epoch per trial (start order); an x marks where ASHA stopped a
-    pruned trial, dotted lines the rungs."""
+    pruned trial, dotted lines the rungs, a thick line each backbone's winner. The legend has
+    one entry per backbone and one per winner (a trial's id is in its hover text)."""
     fig = go.Figure()
     colours = backbone_colours(data)
+    winners = {c.config_id: c for c in chosen.values()}
     curves = data.curves.groupby("trial_id")
+    for backbone in sorted(data.trials["backbone"].unique()):
+        _legend_line(fig, f"{backbone}: one line per trial", colours[backbone])
     for row in data.trials.itertuples():
         if row.trial_id not in curves.groups:
             continue
         curve = curves.get_group(row.trial_id).sort_values("epoch")
-        colour = colours[row.backbone]
-        fig.add_trace(
-            go.Scatter(
-                x=curve["epoch"],
-                y=curve[data.metric],
-                mode="lines",
-                name=f"{row.trial_id} ({row.backbone})",
-                line={"color": colour, "width": 1.5},
-                opacity=0.8,
-                legendgroup=row.backbone,
-            )
-        )
-        if row.status == "pruned":
-            last = curve.iloc[-1]
-            fig.add_trace(
-                go.Scatter(
-                    x=[last["epoch"]],
-                    y=[last[data.metric]],
-                    mode="markers",
-                    showlegend=False,
-                    marker={"symbol": "x", "size": 10, "color": colour},
-                    hovertext=f"{row.trial_id} pruned at epoch {int(last['epoch'])}",
-                )
-            )
+        _curve(fig, data, row, curve, colours[row.backbone], winners.get(row.trial_id))
     for rung in data.rungs:
         fig.add_vline(x=rung, line_dash="dot", line_color="#888", annotation_text=f"rung {rung}")
     fig.update_layout(
@@ -186,69 +173,148 @@ def learning_curves_figure(data: RunData) -> go.Figure:
         xaxis_title="epoch",
         yaxis_title=f"validation {data.metric} (%)",
         height=450,
+        legend={"orientation": "h", "y": -0.2},
     )
     return fig
 
 
-def backbone_figure(data: RunData) -> go.Figure:
-    """Distribution of the best validation metric per backbone (failed trials left out)."""
+def _legend_line(fig: go.Figure, name: str, colour: str) -> None:
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=name, line={"color": colour}))
+
+
+def _curve(fig: go.Figure, data: RunData, row, curve, colour: str, winner) -> None:
+    """One trial's curve (named by its trial id), and its x where ASHA pruned it."""
+    fig.add_trace(
+        go.Scatter(
+            x=curve["epoch"],
+            y=curve[data.metric],
+            mode="lines",
+            name=row.trial_id,
+            showlegend=winner is not None,
+            line={"color": colour, "width": 4 if winner else 1.5},
+            opacity=1.0 if winner else 0.6,
+            hovertemplate=f"{row.trial_id} ({row.backbone}): epoch %{{x}}, %{{y:.2f}}%"
+            "<extra></extra>",
+        )
+    )
+    if winner is not None:
+        fig.data[-1].name = f"★ winner {winner.label}"
+    if row.status == "pruned":
+        last = curve.iloc[-1]
+        fig.add_trace(
+            go.Scatter(
+                x=[last["epoch"]],
+                y=[last[data.metric]],
+                mode="markers",
+                showlegend=False,
+                marker={"symbol": "x", "size": 10, "color": colour},
+                hovertext=f"{row.trial_id} pruned at epoch {int(last['epoch'])}",
+            )
+        )
+
+
+def backbone_figure(data: RunData, chosen: dict[str, Chosen]) -> go.Figure:
+    """Distribution of the best validation metric per backbone (failed trials left out); a
+    star at each backbone's winner."""
     usable = data.trials[data.trials["status"] != "failed"]
+    colours = backbone_colours(data)
     fig = go.Figure()
     for backbone, group in usable.groupby("backbone"):
+        name = f"{backbone} (n={len(group)})"
         fig.add_trace(
             go.Box(
                 y=group[data.best_column],
-                name=f"{backbone} (n={len(group)})",
+                name=name,
                 boxpoints="all",
                 jitter=0.4,
                 pointpos=0,
+                marker_color=colours[backbone],
                 hovertext=group["trial_id"] + " " + group["status"],
+                showlegend=False,
             )
         )
+        win = group[group["trial_id"] == chosen[backbone].config_id] if backbone in chosen else []
+        if len(win):
+            label = f"★ winner {chosen[backbone].label}"
+            _star(fig, name, win[data.best_column].iloc[0], colours[backbone], label)
     fig.update_layout(
         title=f"Backbones: best validation {data.metric} of each trial (pruned ones included)",
         height=420,
         yaxis_title=f"best validation {data.metric} (%)",
-        showlegend=False,
     )
     return fig
 
 
-def history_figure(study: optuna.Study, metric: str) -> go.Figure:
-    fig = optuna.visualization.plot_optimization_history(study)
+def history_figure(
+    studies: dict[str, optuna.Study], metric: str, chosen: dict[str, Chosen], colours
+) -> go.Figure:
+    """Optuna's optimisation history of each backbone's own study (its trials numbered in
+    its start order, its own best-so-far line), a star at each winner's search run."""
+    fig = optuna.visualization.plot_optimization_history(list(studies.values()))
+    fig.data = [t for t in fig.data if len(t.x or ())]  # no empty "Infeasible Trial" traces
+    for trace in fig.data:
+        backbone = trace.name.rsplit(" of ", 1)[-1]
+        trace.marker.color = trace.line.color = colours.get(backbone)
+        trace.name = trace.name.replace("Objective Value", "each trial").replace(
+            "Best Value", "best so far"
+        )
+    for backbone, study in studies.items():
+        number = _trial_number(study, chosen.get(backbone))
+        if number is not None:
+            trial = study.trials[number]
+            _star(fig, number, trial.value, colours.get(backbone),
+                  f"★ winner {chosen[backbone].label}")  # fmt: skip
     fig.update_layout(
         height=420,
-        title=f"Optimisation history (complete trials; best validation {metric})",
-        xaxis_title="trial number (start order)",
+        title=f"Optimisation history per backbone (complete trials; best validation {metric})",
+        xaxis_title="trial number within the backbone (its start order)",
         yaxis_title=f"best validation {metric} (%)",
     )
     return fig
 
 
+def _trial_number(study: optuna.Study, chosen: Chosen | None) -> int | None:
+    if chosen is None:
+        return None
+    for t in study.trials:
+        if t.user_attrs.get("trial_id") == chosen.config_id and t.value is not None:
+            return t.number
+    return None
+
+
 WORDS = {"True": "yes", "False": "no", "None": "—"}
 
 
-def parallel_figure(study: optuna.Study, title: str, target_name: str) -> go.Figure:
+def parallel_figure(
+    study: optuna.Study, title: str, target_name: str, winner: str | None = None
+) -> go.Figure:
     """Optuna's parallel coordinates: one line trace per COMPLETE trial of ``study``, then a
-    colour-bar trace; booleans read yes/no on the axes and in the hover text."""
+    colour-bar trace; booleans read yes/no on the axes and in the hover text. The trial
+    ``winner`` (its id) is drawn last, thick and black."""
     fig = optuna.visualization.plot_parallel_coordinate(study, target_name=target_name)
     for note in fig.layout.annotations:
         note.text = WORDS.get(note.text, note.text)
     # Optuna's pale end of "Blues" hides the weakest trials on white: recolour with Viridis
-    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    values = [t.value for t in complete]
     low, high = min(values, default=0.0), max(values, default=1.0)
     lines = [t for t in fig.data if t.mode == "lines" and t.customdata is not None]
-    for trace, value in zip(lines, values):  # one line per trial, in trial order
-        share = (value - low) / (high - low) if high > low else 1.0
+    for trace, trial in zip(lines, complete):  # one line per trial, in trial order
+        share = (trial.value - low) / (high - low) if high > low else 1.0
         trace.line.color = sample_colorscale("Viridis", [share])[0]
         trace.line.width = 2.5
         trace.opacity = 0.9
         trace.customdata = [[label, WORDS.get(v, v)] for label, v in trace.customdata]
+        if winner is not None and trial.user_attrs.get("trial_id") == winner:
+            trace.line.color, trace.line.width, trace.opacity = "black", 6, 1.0
+            trace.name, trace.showlegend = f"★ winner {winner}", True
+    others = [t for t in fig.data if not t.showlegend]
+    fig.data = others + [t for t in fig.data if t.showlegend]  # the winner on top
     for trace in fig.data:
         if trace.mode == "markers" and trace.marker.showscale:
             trace.marker.colorscale = "Viridis"
             trace.marker.reversescale = False
-    fig.update_layout(height=450, title=title)
+    fig.update_layout(height=450, title=title, legend={"orientation": "h", "y": -0.15})
     return fig
 
 
@@ -257,11 +323,14 @@ def trial_lines(fig: go.Figure) -> int:
     return sum(1 for t in fig.data if t.mode == "lines" and t.customdata is not None)
 
 
-def confirmation_figure(conf: Confirmation) -> go.Figure:
+def confirmation_figure(
+    conf: Confirmation, chosen: dict[str, Chosen] | None = None, tied: pd.DataFrame | None = None
+) -> go.Figure:
     """Left: each confirmed configuration's validation value per training seed (diamond:
-    the search's own run), its mean as a bar; the winner's label starred. Right: each
-    backbone winner's test mAP per seed (mean over splits, whiskers: std over splits) and
-    the mean over seeds x splits."""
+    the search's own run), its mean as a bar; the winner's label starred, a configuration
+    tied with it so marked. Right: each backbone winner's test mAP per fresh scoring seed
+    (mean over splits, whiskers: std over splits) and the mean over seeds x splits. Each x
+    label names the configuration's own backbone; the legend explains the symbols."""
     colours = {b: PALETTE[i % len(PALETTE)] for i, b in enumerate(sorted(conf.backbones))}
     fig = make_subplots(
         rows=1,
@@ -269,40 +338,94 @@ def confirmation_figure(conf: Confirmation) -> go.Figure:
         column_widths=[0.68, 0.32],
         subplot_titles=(
             f"validation {conf.metric} per seed, each confirmed configuration",
-            "test mAP per seed, each backbone's winner",
+            "test mAP per fresh scoring seed, each backbone's winner",
         ),
     )
+    labels = _confirmed_labels(conf, chosen, tied)
     for r in conf.configs.to_dict("records"):
-        backbone, config = r["backbone"], r["config_id"]
-        label = f"{backbone} {config}" + (" ★" if r["winner"] else "")
-        seeds = conf.seed_values[
-            (conf.seed_values["backbone"] == backbone) & (conf.seed_values["config_id"] == config)
-        ]
-        symbols = ["diamond" if role == "search" else "circle" for role in seeds["role"]]
-        _seed_dots(fig, [label] * len(seeds), seeds["value"], colours[backbone], 1, symbols)
-        fig.data[-1].hovertext = [
-            f"trial {t}, train seed {s if pd.notna(s) else '?'} ({role or 'seed'})"
-            for t, s, role in zip(seeds["trial_id"], seeds["train_seed"], seeds["role"])
-        ]
-        _mean_bar(fig, label, r.get("val_mean"), colours[backbone], 1)
+        _config_seeds(fig, conf, r, labels[(r["backbone"], str(r["config_id"]))], colours)
     for backbone in conf.backbones:
-        w = conf.winners.get(backbone)
-        if w is None or not w.seeds:
-            continue
-        scores = w.scores("mAP")
-        label = f"{backbone} {w.config_id}"
-        _seed_dots(fig, [label] * len(scores), scores.mean(axis=1), colours[backbone], 2)
-        fig.data[-1].error_y = {"type": "data", "array": scores.std(axis=1), "thickness": 1}
-        fig.data[-1].hovertext = [f"trial {s.trial_id}, train seed {s.train_seed}" for s in w.seeds]
-        _mean_bar(fig, label, scores.mean(), colours[backbone], 2)
+        _winner_scores(fig, conf.winners.get(backbone), colours[backbone])
+    fig.update_xaxes(categoryorder="array", categoryarray=list(labels.values()), row=1, col=1)
     fig.update_yaxes(title_text=f"validation {conf.metric} (%)", row=1, col=1)
     fig.update_yaxes(title_text="test mAP, mean over splits (%)", row=1, col=2)
+    _symbol_legend(fig, colours)
     fig.update_layout(
         title="Confirmation: each dot one training seed, the bar the mean",
-        height=450,
-        showlegend=False,
+        height=500,
+        legend={"orientation": "h", "y": -0.3},
+        margin={"b": 150},
     )
     return fig
+
+
+def _confirmed_labels(conf: Confirmation, chosen, tied) -> dict[tuple[str, str], str]:
+    """(backbone, config) -> its x label: the backbone, the configuration, ★ or (tied)."""
+    winners = {b: c.config_id for b, c in (chosen or {}).items()}
+    even = set()
+    if tied is not None and len(tied):
+        even = {(r.backbone, r.config_id) for r in tied.itertuples() if r.tied is True}
+    out = {}
+    for r in conf.configs.to_dict("records"):
+        key = (r["backbone"], str(r["config_id"]))
+        won = winners.get(key[0], None) == key[1] if winners else bool(r["winner"])
+        mark = " ★" if won else (" (tied)" if key in even else "")
+        out[key] = f"{key[0]} {key[1]}{mark}"
+    return out
+
+
+def _config_seeds(fig, conf: Confirmation, r: dict, label: str, colours) -> None:
+    backbone, config = r["backbone"], str(r["config_id"])
+    v = conf.seed_values
+    seeds = v[(v["backbone"] == backbone) & (v["config_id"].astype(str) == config)]
+    seeds = seeds[seeds["role"] != "score"]  # the scoring seeds chose nothing
+    symbols = ["diamond" if role == "search" else "circle" for role in seeds["role"]]
+    _seed_dots(fig, [label] * len(seeds), seeds["value"], colours[backbone], 1, symbols)
+    fig.data[-1].hovertext = [
+        f"{backbone} {config}: trial {t}, train seed {s if pd.notna(s) else '?'} ({role or 'seed'})"
+        for t, s, role in zip(seeds["trial_id"], seeds["train_seed"], seeds["role"])
+    ]
+    _mean_bar(fig, label, r.get("val_mean"), colours[backbone], 1)
+
+
+def _winner_scores(fig, w, colour: str) -> None:
+    if w is None or not w.seeds:
+        return
+    scores = w.scores("mAP")
+    label = f"{w.backbone} {w.config_id} ★"
+    _seed_dots(
+        fig, [label] * len(scores), scores.mean(axis=1), colour, 2, ["circle-open"] * len(scores)
+    )
+    fig.data[-1].error_y = {"type": "data", "array": scores.std(axis=1), "thickness": 1}
+    fig.data[-1].hovertext = [f"trial {s.trial_id}, train seed {s.train_seed}" for s in w.seeds]
+    _mean_bar(fig, label, scores.mean(), colour, 2)
+
+
+def _symbol_legend(fig: go.Figure, colours: dict[str, str]) -> None:
+    """Legend entries (drawn nowhere) for the symbols and the backbones' colours."""
+    grey = "#555"
+    entries = [
+        ("diamond", grey, "the search's own run of the configuration"),
+        ("circle", grey, "a confirmation seed (these choose the winner, on validation only)"),
+        ("line-ew-open", grey, "mean over the seeds"),
+        ("circle-open", grey, "right: a fresh scoring seed (whiskers: std over splits)"),
+    ]
+    entries += [("square", c, f"colour: {b}") for b, c in colours.items()]
+    for symbol, colour, name in entries:
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                name=name,
+                marker={
+                    "symbol": symbol,
+                    "color": colour,
+                    "size": 10,
+                    "line": {"color": colour, "width": 2},
+                },
+            )  # fmt: skip
+        )
 
 
 def _seed_dots(fig, x, y, colour, col, symbols=None) -> None:
@@ -312,6 +435,7 @@ def _seed_dots(fig, x, y, colour, col, symbols=None) -> None:
             y=list(y),
             mode="markers",
             marker={"color": colour, "size": 9, "opacity": 0.7, "symbol": symbols or "circle"},
+            showlegend=False,
         ),
         row=1,
         col=col,
@@ -333,6 +457,7 @@ def _mean_bar(fig, label, mean, colour, col) -> None:
                 "line": {"color": colour, "width": 3},
             },
             hovertext=[f"mean {float(mean):.2f}%"],
+            showlegend=False,
         ),
         row=1,
         col=col,

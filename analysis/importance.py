@@ -67,7 +67,7 @@ def rebuild_study(
     range); otherwise by the Optuna names of the search, which stay distinct across branches.
     """
     trials = data.trials if backbone is None else data.trials[data.trials["backbone"] == backbone]
-    study = _new_study(data)
+    study = _new_study(data, backbone)
     curves = data.curves.groupby("trial_id")
     for row in trials.itertuples():
         if row.status not in STATES:
@@ -112,8 +112,10 @@ def value_at(data: RunData, epoch: int) -> dict[str, float]:
     return {t: float(v) for t, v in zip(first["trial_id"], first[data.metric])}
 
 
-def _new_study(data: RunData) -> optuna.Study:
-    return optuna.create_study(direction="maximize" if data.mode == "max" else "minimize")
+def _new_study(data: RunData, name: str | None = None) -> optuna.Study:
+    """An in-memory study, named ``name`` (e.g. its backbone) when given."""
+    direction = "maximize" if data.mode == "max" else "minimize"
+    return optuna.create_study(direction=direction, study_name=name)
 
 
 def _frozen(data, trials, row, by_key, state, value, intermediate):

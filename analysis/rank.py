@@ -9,6 +9,7 @@ import pandas as pd
 
 from analysis.confirm import Confirmation, winner_test
 from analysis.load import TEST_COLUMNS, RunData
+from analysis.winners import Chosen, chosen_winners
 
 # METHOD.md section 6 (11k dorsal_r). The seed's numbers were chosen on test data, one
 # unseeded run each; they are references, not a like-for-like comparison.
@@ -46,121 +47,141 @@ REFERENCE_ROWS = [
 ]
 
 
-def ranked_table(data: RunData, top: int | None = None) -> pd.DataFrame:
-    """All trials ranked by their best validation metric (failed and unscored last)."""
+def ranked_table(
+    data: RunData, top: int | None = None, marks: dict[str, str] | None = None
+) -> pd.DataFrame:
+    """All trials ranked by their best validation metric (failed and unscored last);
+    ``marks``: trial id -> what it is (``analysis.winners.marks``: winner, tied)."""
     best = data.best_column
     table = data.trials.sort_values(
         best, ascending=data.mode == "min", na_position="last", kind="stable"
     )
     table = table.reset_index(drop=True)
     table.insert(0, "rank", range(1, len(table) + 1))
+    table["winner"] = table["trial_id"].map(marks or {})
     params = [p for p in data.params if p in table.columns and p != "model.backbone"]
-    cols = [
-        "rank",
-        "run",
-        "trial_id",
-        "backbone",
-        *params,
-        "status_detail",
-        "epochs",
-        "compute_seconds",
-        best,
-        "best_epoch",
-    ]
+    cols = ["trial_id", "rank", "run", "backbone", "winner", *params, "status_detail", "epochs"]
+    cols += ["trial_seconds", best, "best_epoch"]
     cols += [f"test_{k}{s}" for k in TEST_COLUMNS for s in ("", "_std")]
     out = table[cols].rename(columns={"status_detail": "status"})
     return out.head(top) if top else out
 
 
-def best_per_backbone(data: RunData) -> pd.DataFrame:
-    """The best usable trial of each backbone, best first: its best complete trial, else
-    (none complete) its best pruned one, as the search's wrap-up picks it."""
-    usable = data.trials[data.trials["status"] != "failed"].dropna(subset=[data.best_column])
-    ordered = usable.sort_values(data.best_column, ascending=data.mode == "min", kind="stable")
-    ordered = ordered.sort_values("status", key=lambda s: s != "complete", kind="stable")
-    return ordered.groupby("backbone", sort=False).head(1).reset_index(drop=True)
-
-
-def side_by_side(data: RunData) -> pd.DataFrame:
-    """The best configuration of each backbone, parameter by parameter, with a `differs` flag."""
-    best = best_per_backbone(data)
+def side_by_side(data: RunData, conf: Confirmation | None = None) -> pd.DataFrame:
+    """Each backbone's winner (see ``analysis.winners``), parameter by parameter, with a
+    `differs` flag; a confirmed winner shows its validation mean over the seeds that chose
+    it and its scoring seeds' test means."""
+    chosen = chosen_winners(data, conf)
+    trials = data.trials.set_index("trial_id")
     params = [p for p in data.params if p != "model.backbone"]
-    rows = []
-    for key in [*params, data.best_column, "epochs", "compute_seconds", "test_rank1", "test_mAP"]:
-        # compute_seconds: the training time of that one trial
-        values = {
-            b: best.loc[i, key] if key in best else math.nan for i, b in enumerate(best["backbone"])
-        }
+    keys = [*params, data.best_column, "epochs", "trial_seconds", "test_rank1", "test_mAP"]
+    columns = {b: _winner_values(data, trials, conf, c, keys) for b, c in chosen.items()}
+    rows = [{"parameter": "winner", **{b: c.config_id for b, c in chosen.items()}}]
+    for key in keys:
+        values = {b: columns[b][key] for b in chosen}
         shown = {"unset" if _missing(v) else repr(v) for v in values.values()}
-        rows.append(
-            {
-                "parameter": key,
-                **values,
-                "differs": len(shown) > 1 if key in params else None,
-            }
-        )
+        differs = len(shown) > 1 if key in params else None
+        rows.append({"parameter": key, **values, "differs": differs})
     return pd.DataFrame(rows)
 
 
-def comparison_table(data: RunData, conf: Confirmation | None = None) -> pd.DataFrame:
-    """Our best per backbone (validation-selected, test scored) beside the reference rows;
-    with a confirmation stage, each backbone's confirmed winner too (validation: mean over
-    seeds; test: mean and std over seeds x splits).
+def _winner_values(data: RunData, trials: pd.DataFrame, conf, c: Chosen, keys) -> dict:
+    row = _row(trials, c.config_id)
+    values = {k: row.get(k, math.nan) for k in keys}
+    values[data.best_column] = _winner_val(data, conf, c, row)
+    test = _confirmed_test(conf, c)
+    if test is not None:
+        values.update(test_rank1=test["test_rank1"], test_mAP=test["test_mAP"])
+    return values
 
-    ``compute_seconds`` is the best trial's own training time, as everywhere; the sum over
-    all trials of the backbone is ``total_compute_s``."""
-    best = best_per_backbone(data)
-    counts = data.trials.groupby("backbone").size()
-    compute = data.trials.groupby("backbone")["compute_seconds"].sum()
-    ours = [
-        {
-            "system": f"handreid-search best {row.backbone} (trial {row.trial_id})",
-            "protocol": "per_aspect",
-            "reference": False,
-            "trials": int(counts[row.backbone]),
-            "compute_seconds": float(row.compute_seconds),
-            "total_compute_s": float(compute[row.backbone]),
-            data.best_column: getattr(row, data.best_column),
-            **{
-                f"test_{k}{s}": getattr(row, f"test_{k}{s}")
-                for k in TEST_COLUMNS
-                for s in ("", "_std")
-            },
-        }
-        for row in best.itertuples()
-    ]
-    ours += confirmed_rows(data, conf) if conf is not None else []
-    return pd.DataFrame(ours + [{**r, "reference": True} for r in REFERENCE_ROWS])
+
+def _row(trials: pd.DataFrame, trial_id: str) -> pd.Series:
+    return trials.loc[trial_id] if trial_id in trials.index else pd.Series(dtype=object)
+
+
+def comparison_table(data: RunData, conf: Confirmation | None = None) -> pd.DataFrame:
+    """Each backbone's winner (the confirmed one where a confirmation ran: validation mean
+    over the seeds that chose it, test mean and std over its fresh scoring seeds x splits;
+    else the best single run), with the data it was trained on. The reference rows (real
+    11k Hands) join only runs on real data; see :func:`reference_table`.
+
+    ``trial_seconds`` is the winner's search trial's time (``analysis.load.TRIAL_TIME``);
+    the sum over all trials of the backbone is ``all_trials_seconds``."""
+    chosen = chosen_winners(data, conf)
+    trials = data.trials.set_index("trial_id")
+    ours = [_our_row(data, trials, conf, c) for c in chosen.values()]
+    if data.data.synthetic is not False:
+        return pd.DataFrame(ours)
+    ours = [{**r, "reference": False} for r in ours]
+    return pd.DataFrame(ours + reference_table().to_dict("records"))
+
+
+REFERENCE_DATA = "11k Hands dorsal_r (real)"
+
+
+def reference_table() -> pd.DataFrame:
+    """The published and seed results on real 11k Hands: a table of their own beside runs
+    that did not train on it."""
+    return pd.DataFrame([{**r, "data": REFERENCE_DATA, "reference": True} for r in REFERENCE_ROWS])
+
+
+def _our_row(data: RunData, trials: pd.DataFrame, conf, c: Chosen) -> dict:
+    on_backbone = data.trials[data.trials["backbone"] == c.backbone]
+    row = _row(trials, c.config_id)
+    test = _confirmed_test(conf, c) or {k: row.get(k, math.nan) for k in TEST_NAMES}
+    return {
+        "system": _system(conf, c),
+        "data": _data_label(data),
+        "protocol": "per_aspect",
+        "trials": len(on_backbone),
+        "trial_seconds": float(row.get("trial_seconds", math.nan)),
+        "all_trials_seconds": float(on_backbone["trial_seconds"].sum()),
+        data.best_column: _winner_val(data, conf, c, row),
+        **{k: test[k] for k in TEST_NAMES},
+    }
+
+
+def _data_label(data: RunData) -> str:
+    if data.data.synthetic:
+        return "SYNTHETIC (generated hands)"
+    return data.data.description if data.data.synthetic is False else "unknown"
+
+
+def _system(conf, c: Chosen) -> str:
+    if not c.confirmed:
+        return f"handreid-search {c.backbone}: best single run {c.config_id}"
+    if not c.scoring_seeds:
+        return f"handreid-search {c.backbone}: confirmed winner {c.config_id} (not scored)"
+    test = winner_test(conf.winners[c.backbone])
+    return (
+        f"handreid-search {c.backbone}: confirmed winner {c.config_id} "
+        f"({test['test_seeds']} fresh seeds x {test['test_splits']} splits)"
+    )
+
+
+def _confirmed_test(conf, c: Chosen) -> dict | None:
+    if not (c.confirmed and c.scoring_seeds):
+        return None
+    return winner_test(conf.winners[c.backbone])
+
+
+def _winner_val(data: RunData, conf, c: Chosen, row) -> float:
+    """A confirmed winner's mean validation over the seeds that chose it, else its run's."""
+    if c.confirmed:
+        rows = conf.configs[
+            (conf.configs["backbone"] == c.backbone) & (conf.configs["config_id"] == c.config_id)
+        ]
+        if len(rows):
+            return float(rows["val_mean"].iloc[0])
+    return float(row.get(data.best_column, math.nan))
 
 
 TEST_NAMES = [f"test_{k}{s}" for k in TEST_COLUMNS for s in ("", "_std")]
 
 
-def confirmed_rows(data: RunData, conf: Confirmation) -> list[dict]:
-    counts = data.trials.groupby("backbone").size()
-    rows = []
-    for backbone in conf.backbones:
-        w = conf.winners.get(backbone)
-        if w is None or not w.seeds:
-            continue
-        test = winner_test(w)
-        rows.append(
-            {
-                "system": f"handreid-search confirmed {backbone} (config {w.config_id}, "
-                f"{test['test_seeds']} seeds x {test['test_splits']} splits)",
-                "protocol": "per_aspect",
-                "reference": False,
-                "trials": int(counts.get(backbone, 0)),
-                data.best_column: w.val_mean,
-                **{c: test[c] for c in TEST_NAMES},
-            }
-        )
-    return rows
-
-
 # ------------------------------------------------------------------ display
 
-UNITS = {"compute_seconds": "s", "total_compute_s": "s"}
+UNITS = {"trial_seconds": "s", "all_trials_seconds": "s"}
 
 
 def unit_label(name: str) -> str:
@@ -236,5 +257,8 @@ TABLE_CSS = (
     "body{font-family:sans-serif;margin:1.5em} table.ranked{border-collapse:collapse;"
     "font-size:12px} .ranked th,.ranked td{padding:3px 8px;border-bottom:1px solid #ddd;"
     "text-align:right} .ranked th{background:#f4f4f4} .ranked td:first-child{text-align:left}"
-    " .ranked td{white-space:nowrap} .scroll{overflow-x:auto}"
+    " .ranked td{white-space:nowrap} .scroll{overflow-x:auto;max-width:100%}"
+    # wide tables scroll inside their box; the first column (what the row is) stays in view
+    " .ranked th:first-child,.ranked td:first-child{position:sticky;left:0;z-index:1;"
+    "background:#fff;box-shadow:1px 0 0 #ccc} .ranked th:first-child{background:#f4f4f4}"
 )

@@ -8,33 +8,37 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import plotly.offline
 
-from analysis import figures
 from analysis.confirm import (
     Confirmation,
     confirmed_table,
-    display_names,
     load_confirmations,
     verdicts,
     winner_lines,
 )
-from analysis.importance import (
-    importance_table,
-    rebuild_study,
-    rung_importance_table,
-    rung_study,
-)
-from analysis.load import RunData, load_runs
+from analysis.importance import importance_table, rung_importance_table
+from analysis.load import SYNTHETIC, TRIAL_TIME, RunData, load_runs
 from analysis.rank import (
     TABLE_CSS,
     comparison_table,
     export,
     ranked_table,
+    reference_table,
     side_by_side,
     to_html,
     to_markdown,
 )
+from analysis.sections import (
+    Figure,
+    Inputs,
+    build_figures,
+    confirmation_section,
+    readable_confirmed,
+    with_ties,
+)
+from analysis.winners import TIE_COLUMNS, chosen_winners, marks, tie_lines, ties
 
 log = logging.getLogger(__name__)
 
@@ -49,87 +53,7 @@ class ReportResult:
     out: Path
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Figure:
-    """One report section: a figure with its heading, a one-line caption and notes."""
-
-    title: str
-    fig: object | None
-    caption: str = ""
-    notes: list[str] = field(default_factory=list)
-    html: str = ""  # shown before the figure (e.g. a table)
-
-
-def build_figures(data: RunData, importance, notes, rungs, rung_notes) -> dict[str, Figure]:
-    figs = {
-        "progress": Figure(
-            "Backbones compared",
-            figures.progress_figure(data, figures.backbone_progress(data)),
-            "Each line is the best validation score a backbone had reached after that much "
-            "training time on its trials (in start order); dots are single trials, the star "
-            "each backbone's winner. Higher and further left is better.",
-        )
-    }
-    figs["importance"] = Figure(
-        "Parameter importance over complete trials",
-        figures.importance_figure(
-            importance,
-            f"Parameter importance by best validation {data.metric} (complete trials only)",
-            "complete trials",
-        )
-        if len(importance)
-        else None,
-        "fANOVA and PED-ANOVA, normalised to sum to 1 per backbone and evaluator.",
-        notes,
-    )
-    for epoch in data.rungs:
-        part = rungs[rungs["rung"] == epoch]
-        figs[f"importance-epoch-{epoch}"] = Figure(
-            f"Parameter importance at ASHA rung epoch {epoch}",
-            figures.importance_figure(
-                part,
-                f"Parameter importance by validation {data.metric} at epoch {epoch}: "
-                "every trial that reached it, pruned ones included",
-                f"trials reached epoch {epoch}",
-            )
-            if len(part)
-            else None,
-            f"Rung at epoch {epoch} ({data.rungs_from}); the value is {data.metric} at "
-            f"epoch {epoch}, the trial's own result there.",
-            [n for n in rung_notes if f" at epoch {epoch}:" in n],
-        )
-    figs.update(parallel_figures(data))
-    figs["history"] = Figure(
-        "Optimisation history",
-        figures.history_figure(rebuild_study(data, by_key=False), data.metric),
-        "Trials numbered in the order they started; pruned and failed trials have no value.",
-    )
-    figs["curves"] = Figure(
-        "Learning curves", figures.learning_curves_figure(data), "Trials in start order."
-    )
-    figs["backbones"] = Figure("Best value per trial", figures.backbone_figure(data))
-    return figs
-
-
-def parallel_figures(data: RunData) -> dict[str, Figure]:
-    """One parallel-coordinates figure per backbone: every trial that reached the last rung
-    (or every trial with a value, when there are no rungs), by its value there."""
-    last = data.rungs[-1] if data.rungs else 1
-    out = {}
-    for i, backbone in enumerate(sorted(data.trials["backbone"].unique())):
-        study = rung_study(data, backbone, last)
-        n = len(study.trials)
-        target = f"{data.metric} at epoch {last} (%)"
-        title = f"{backbone}: {_trials(n)} reached epoch {last} (the last rung)"
-        out[f"parallel-{i}"] = Figure(
-            f"Parallel coordinates: {backbone}",
-            figures.parallel_figure(study, title, target) if n else None,
-            f"One line per trial that reached epoch {last}, coloured by {target}.",
-            [] if n else [f"{backbone}: no trial reached epoch {last}"],
-        )
-    return out
+    pngs: list[Path] = field(default_factory=list)
 
 
 def write_all(
@@ -140,67 +64,88 @@ def write_all(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result = ReportResult(out)
-    ranked = ranked_table(data, top)
-    comparison = comparison_table(data, conf)
-    sides = side_by_side(data)
+    chosen = chosen_winners(data, conf)
+    tied = ties(conf, chosen) if conf is not None else pd.DataFrame(columns=TIE_COLUMNS)
+    tables = Tables(
+        ranked=ranked_table(data, top, marks(chosen, tied)),
+        comparison=comparison_table(data, conf),
+        references=None if data.data.synthetic is False else reference_table(),
+        sides=side_by_side(data, conf),
+    )
     importance, notes = importance_table(data)
     rungs, rung_notes = rung_importance_table(data)
     result.notes += notes + rung_notes
-    result.files += export(ranked, out / "ranked", "All trials ranked by validation " + data.metric)
-    result.files += export(comparison, out / "comparison", "Best per backbone vs reference results")
+    result.files += write_tables(data, tables, out)
     if conf is not None:
-        result.files += write_confirmation(conf, out)
-    result.files += export(sides, out / "side_by_side", "Best configuration per backbone")
+        result.files += write_confirmation(conf, tied, out)
     importance.to_csv(out / "importance.csv", index=False)
     rungs.to_csv(out / "importance_rungs.csv", index=False)
     result.files += [out / "importance.csv", out / "importance_rungs.csv"]
-    figs = build_figures(data, importance, notes, rungs, rung_notes)
+    figs = build_figures(Inputs(data, chosen, importance, notes, rungs, rung_notes))
     if conf is not None:
-        figs = {"confirmation": confirmation_section(conf), **figs}
+        section = confirmation_section(conf, chosen, tied)
+        figs = {"confirmation": section, **figs}
+        section.winners = figs["progress"].winners
     page = out / "report.html"
-    page.write_text(render_page(data, figs, ranked, comparison, sides))
+    page.write_text(render_page(data, figs, tables))
     result.files.append(page)
     if png:
         result.notes += write_pngs(figs, out / "png", result)
     return result
 
 
-def confirmation_text(conf: Confirmation) -> tuple[list[str], list[str]]:
-    """The verdict sentences, and one line per backbone on single-seed vs confirmed winner."""
-    return [v.text for v in verdicts(conf)], winner_lines(conf)
+@dataclass
+class Tables:
+    ranked: pd.DataFrame
+    comparison: pd.DataFrame
+    references: pd.DataFrame | None  # apart from ours: the runs were not on real 11k Hands
+    sides: pd.DataFrame
 
 
-def readable_confirmed(conf: Confirmation):
-    return confirmed_table(conf).rename(columns=display_names(conf.metric))
-
-
-def write_confirmation(conf: Confirmation, out: Path) -> list[Path]:
-    """confirmed.csv (machine names) and the Confirmation section of comparison.md."""
-    confirmed_table(conf).to_csv(out / "confirmed.csv", index=False)
-    said, winners = confirmation_text(conf)
-    with (out / "comparison.md").open("a") as f:
-        f.write("\n## Confirmation\n\n" + "".join(f"{line}\n\n" for line in said + winners))
-        f.write(to_markdown(readable_confirmed(conf)))
-    return [out / "confirmed.csv"]
-
-
-def confirmation_section(conf: Confirmation) -> Figure:
-    said, winners = confirmation_text(conf)
-    text = "".join(f"<p class='verdict'><b>{html.escape(line)}</b></p>" for line in said)
-    text += "".join(f"<p>{html.escape(line)}</p>" for line in winners)
-    return Figure(
-        "Confirmation",
-        figures.confirmation_figure(conf),
-        "The top configurations of each backbone retrained with more training seeds (same "
-        "identity split); the winner per backbone is the best mean validation score. The "
-        "winner is then trained with fresh seeds, and only those runs are scored on the test "
-        "protocol: the seeds that chose it would inflate its test score. The verdict's "
-        "interval is a t interval with a variance part for each backbone's scoring seeds "
-        "and one for the query/gallery splits (shared by the backbones, so their common "
-        "effect cancels), and one fewer degrees of freedom than the fewer seeds; below 2 "
-        "scoring seeds of a backbone it states no verdict.",
-        html=text + to_html(readable_confirmed(conf)),
+def write_tables(data: RunData, tables: Tables, out: Path) -> list[Path]:
+    files = export(tables.ranked, out / "ranked", "All trials ranked by validation " + data.metric)
+    title = "Each backbone's winner" + (
+        " vs reference results" if tables.references is None else f" ({_data_words(data)})"
     )
+    files += export(tables.comparison, out / "comparison", title)
+    if tables.references is not None:
+        with (out / "comparison.md").open("a") as f:
+            f.write(f"\n## {REFERENCE_TITLE}\n\n{_reference_note(data)}\n\n")
+            f.write(to_markdown(tables.references))
+    files += export(tables.sides, out / "side_by_side", "Each backbone's winner, side by side")
+    return files
+
+
+REFERENCE_TITLE = "Reference results on real 11k Hands (a separate table)"
+
+
+def _data_words(data: RunData) -> str:
+    if data.data.synthetic:
+        return "SYNTHETIC data: generated hands, not 11k Hands"
+    return f"data: {data.data.description}"
+
+
+def _reference_note(data: RunData) -> str:
+    why = (
+        "this run trained on synthetic hands"
+        if data.data.synthetic
+        else "this run does not record what data it trained on"
+    )
+    return (
+        f"Not comparable with the table above: {why}. These are results on real 11k Hands "
+        "dorsal_r (docs/METHOD.md); the seed's manual runs were chosen on test data, one "
+        "unseeded run each."
+    )
+
+
+def write_confirmation(conf: Confirmation, tied, out: Path) -> list[Path]:
+    """confirmed.csv (machine names) and the Confirmation section of comparison.md."""
+    with_ties(confirmed_table(conf), tied).to_csv(out / "confirmed.csv", index=False)
+    lines = [v.text for v in verdicts(conf)] + winner_lines(conf) + tie_lines(tied)
+    with (out / "comparison.md").open("a") as f:
+        f.write("\n## Confirmation\n\n" + "".join(f"{line}\n\n" for line in lines))
+        f.write(to_markdown(readable_confirmed(conf, tied)))
+    return [out / "confirmed.csv"]
 
 
 def _status_line(data: RunData, confirmed: bool) -> str:
@@ -225,36 +170,59 @@ def _status_line(data: RunData, confirmed: bool) -> str:
     )
 
 
-def render_page(data, figs: dict[str, Figure], ranked, comparison, sides) -> str:
-    sections = [
-        (
-            "Ranked comparison",
-            to_html(comparison) + "<p class='note'>Reference rows come from "
-            "METHOD.md; the seed's manual runs were chosen on test data, one unseeded run each. "
-            "compute_seconds is one trial's training time; total_compute_s sums every trial "
-            "of the backbone.</p>"
-            + to_html(sides, "Best configuration per backbone, side by side"),
-        ),
-    ]
+def render_page(data: RunData, figs: dict[str, Figure], tables: Tables) -> str:
+    said = figs["progress"].winners if "progress" in figs else ""
+    sections = [("Ranked comparison", _comparison_html(data, tables, said))]
     sections += [(f.title, _figure_html(name, f)) for name, f in figs.items()]
-    sections.append(("All trials, ranked", to_html(ranked)))
+    sections.append(("All trials, ranked", _winners_html(said) + to_html(tables.ranked)))
     body = "\n".join(f"<section><h2>{html.escape(t)}</h2>\n{c}</section>" for t, c in sections)
     status = _status_line(data, "confirmation" in figs)
+    title = "handreid-search report" + (": SYNTHETIC DATA" if data.data.synthetic else "")
     return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>handreid-search report</title>"
-        f"<style>{TABLE_CSS} .note{{color:#555;font-size:13px}} section{{margin-bottom:2em}}"
-        f"</style><script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script>"
-        f"</head><body><h1>handreid-search report</h1><p>{status}</p>\n{body}"
-        "</body></html>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{TABLE_CSS}{PAGE_CSS}</style><script type='text/javascript'>"
+        f"{plotly.offline.get_plotlyjs()}</script></head><body><h1>{title}</h1>"
+        f"{_data_banner(data)}<p>{status}</p>\n{body}</body></html>"
     )
 
 
-def _trials(n: int) -> str:
-    return f"{n} trial" if n == 1 else f"{n} trials"
+PAGE_CSS = (
+    " .note{color:#555;font-size:13px} section{margin-bottom:2em} .winners{font-weight:bold}"
+    " .synthetic{background:#fff3cd;border:2px solid #c90;padding:8px 12px;font-size:15px}"
+)
+
+
+def _data_banner(data: RunData) -> str:
+    if data.data.synthetic:
+        return (
+            "<p class='synthetic' id='synthetic'><b>SYNTHETIC DATA.</b> Every trial trained "
+            f"and was scored on {html.escape(SYNTHETIC)}: no number in this report is "
+            "comparable with results on real 11k Hands.</p>"
+        )
+    return f"<p>Data: {html.escape(data.data.description)}.</p>"
+
+
+def _comparison_html(data: RunData, tables: Tables, said: str) -> str:
+    parts = [_winners_html(said), to_html(tables.comparison)]
+    parts.append(
+        "<p class='note'>The seed's manual runs were chosen on test data, one unseeded run "
+        f"each. {html.escape(TRIAL_TIME)}; all_trials_seconds sums them over the backbone.</p>"
+        if tables.references is None
+        else f"<h3>{REFERENCE_TITLE}</h3><p class='note'>"
+        f"{html.escape(_reference_note(data))}</p>" + to_html(tables.references)
+        + f"<p class='note'>{html.escape(TRIAL_TIME)}.</p>"
+    )  # fmt: skip
+    parts.append(to_html(tables.sides, "Each backbone's winner, side by side"))
+    return "".join(parts)
+
+
+def _winners_html(said: str) -> str:
+    return f"<p class='winners'>{html.escape(said)}</p>" if said else ""
 
 
 def _figure_html(name: str, figure: Figure) -> str:
-    parts = [figure.html] if figure.html else []
+    parts = [_winners_html(figure.winners)]
+    parts += [figure.html] if figure.html else []
     if figure.fig is not None:
         div = figure.fig.to_html(
             full_html=False,
@@ -278,7 +246,8 @@ def find_chromium() -> str | None:
 
 
 def write_pngs(figs: dict, folder: Path, result: ReportResult) -> list[str]:
-    """Static images through kaleido and the system Chromium; a note when there is none."""
+    """Static images through kaleido and the system Chromium, one log line per image (each
+    takes seconds); a note when there is no Chromium."""
     import os
 
     browser = os.environ.get("BROWSER_PATH") or find_chromium()
@@ -288,15 +257,14 @@ def write_pngs(figs: dict, folder: Path, result: ReportResult) -> list[str]:
     for name in ("choreographer", "kaleido", "logistro"):
         logging.getLogger(name).setLevel(logging.WARNING)
     folder.mkdir(parents=True, exist_ok=True)
-    notes = []
-    for name, figure in figs.items():
-        if figure.fig is None:
-            continue
-        fig, path = figure.fig, folder / f"{name}.png"
+    drawn = [(name, f.fig) for name, f in figs.items() if f.fig is not None]
+    for i, (name, fig) in enumerate(drawn, start=1):
+        path = folder / f"{name}.png"
+        log.info("PNG %d of %d: %s", i, len(drawn), path)
         try:
             fig.write_image(path, width=1200, height=fig.layout.height or 450)
-            result.files.append(path)
         except Exception as err:  # kaleido/Chromium failures must not lose the HTML
-            notes.append(f"no PNG for {name}: {type(err).__name__}: {err}; {CHROMIUM_HINT}")
-            break
-    return notes
+            return [f"no PNG for {name}: {type(err).__name__}: {err}; {CHROMIUM_HINT}"]
+        result.files.append(path)
+        result.pngs.append(path)
+    return []

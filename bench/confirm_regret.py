@@ -6,7 +6,7 @@
    confirmed configuration with the best search value) the confirmed winner (best mean over
    seeds)? The regret of picking by one seed: the confirmed winner's mean minus the
    single-seed winner's mean (validation mAP points, over the same seeds). Also the
-   confirmation's compute as a fraction of the search's (``train_seconds`` in trials.csv).
+   confirmation's compute as a fraction of the search's (``trial_seconds`` in trials.csv).
 2. ``cost``: the confirmation's share of the compute for each shipped space, from its
    settings: confirmation epochs (backbones x top_k x seeds x max_epochs) against the
    search's expected epochs under its ASHA (each rung keeps 1/reduction_factor).
@@ -73,7 +73,8 @@ def one_search(seed: int, folder: Path) -> dict:
     out["complete"] = {
         b: int((part["status"] == "complete").sum()) for b, part in search.groupby("backbone")
     }
-    seconds = trials.groupby("role")["train_seconds"].sum()
+    column = "trial_seconds" if "trial_seconds" in trials else "train_seconds"  # older files
+    seconds = trials.groupby("role")[column].sum()
     out["compute_fraction"] = float(seconds.get("confirm", 0.0) / seconds["search"])
     return out
 

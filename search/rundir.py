@@ -215,6 +215,22 @@ def search_meta(space: SearchSpace, opts: SearchOptions) -> dict[str, Any]:
         },
         "fixed": dict(space.fixed),
         "tune": {k: v for k, v in asdict(t).items() if k not in HONOURED_ON_RESUME},
+        "data": data_meta(space.base.data),
+    }
+
+
+def data_meta(data) -> dict[str, Any]:
+    """What the trials train on, for the report (synthetic or real, which split)."""
+    from handreid.data.build import split_method
+
+    real = bool(data.root or data.prepared)
+    return {
+        "synthetic": not real,
+        "root": data.root,
+        "prepared": data.prepared,
+        "aspect": data.aspect,
+        "split": split_method(data),
+        "subset": getattr(data, "subset", False),
     }
 
 

@@ -38,12 +38,7 @@ def trial_row(space: SearchSpace, result, params: dict[str, Any]) -> dict[str, A
     kind, reason = ending(metrics, result.error is not None)
     if result.error is not None:
         reason = f"error: {str(result.error).strip().splitlines()[-1][:200]}"
-    history = result.metrics_dataframe
-    seconds = (
-        float(history["epoch_seconds"].sum())
-        if history is not None and ("epoch_seconds" in history)
-        else 0.0
-    )
+    seconds = metrics.get("time_total_s")  # the trial's time, as the terminal prints it
     columns = {config_key(k): v for k, v in params.items()}
     columns.pop("model.backbone", None)  # the backbone column says it
     columns.pop("train.seed", None)  # the train_seed column says it
@@ -58,7 +53,7 @@ def trial_row(space: SearchSpace, result, params: dict[str, Any]) -> dict[str, A
         "epochs": metrics.get("epoch", 0),
         f"best_{space.tune.metric}": metrics.get("objective"),
         "best_epoch": metrics.get("best_epoch"),
-        "train_seconds": round(seconds, 2),
+        "trial_seconds": round(float(seconds), 2) if seconds is not None else None,
         "path": result.path,
         "train_seed": cfg.train.seed,
     }

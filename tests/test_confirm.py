@@ -129,7 +129,7 @@ def test_a_search_confirms_its_top_configurations_and_scores_the_winners_seeds(
         own = search_rows[search_rows["trial_id"] == row["config_id"]].iloc[0]
         assert row["backbone"] == own["backbone"]
         assert math.isclose(row["optim.lr_visual"], own["optim.lr_visual"])
-        assert row["epochs"] == 2 and row["train_seconds"] > 0
+        assert row["epochs"] == 2 and row["trial_seconds"] > 0
 
     # confirm.csv: mean and population std over the search run and its seeds
     confirm = read_confirm(run_dir)

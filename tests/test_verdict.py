@@ -111,6 +111,7 @@ def fabricate_confirmed_run(
     backbones: tuple[str, ...] = ("A", "B"),
     failed_seeds: dict[str, int] | None = None,
     rng_seed: int = 0,
+    data: dict | None = None,
 ) -> Path:
     """fabricate_run's A and B, then a confirmation stage: the top 3 complete configurations
     per backbone retrained with ``seeds - 1`` more seeds (trial folders and trials.csv rows
@@ -118,8 +119,9 @@ def fabricate_confirmed_run(
     seed of the winner on 10 splits. A's winner is its second search configuration (its
     extra seeds score higher), B's its first. B's test mAP is ``gap`` below A's; the
     splits share an effect of sd ``split_sd`` (the same splits for both backbones).
-    ``failed_seeds``: backbone -> how many of its winner's seeds failed the test."""
-    run = fabricate_run(root, name, n_per_backbone=N_PER_BACKBONE)
+    ``failed_seeds``: backbone -> how many of its winner's seeds failed the test. ``data``:
+    search.json's data block (fabricate_run's default: real images)."""
+    run = fabricate_run(root, name, n_per_backbone=N_PER_BACKBONE, data=data)
     search = load_run(run).trials
     trials = pd.read_csv(run / "trials.csv", dtype={"trial_id": str})
     trials["best_val_mAP"] = trials["trial_id"].map(search.set_index("trial_id")["best_val_mAP"])
@@ -468,7 +470,8 @@ def test_confirmation_runs_are_not_search_trials(tmp_path):
     assert set(table["n_trials"]) == set(importance_table(plain)[0]["n_trials"]) == {6}
     ours = comparison_table(data, load_confirmation(tmp_path / "conf"))
     ours = ours[~ours["reference"]]
-    assert list(ours["trials"]) == [N_PER_BACKBONE] * 4  # 2 single-seed + 2 confirmed rows
+    assert list(ours["trials"]) == [N_PER_BACKBONE] * 2  # each backbone's confirmed winner
+    assert ours["system"].str.contains("confirmed winner").all()
 
 
 # ------------------------------------------------------------------ report
@@ -483,8 +486,9 @@ def test_confirmed_table_and_figure(tmp_path):
     assert len(winners) == 2 and winners["test_mAP"].notna().all()
     assert table[~table["winner"]]["test_mAP"].isna().all()
     fig = figures.confirmation_figure(conf)
-    dots = [t for t in fig.data if t.marker.symbol != "line-ew-open"]
-    means = [t for t in fig.data if t.marker.symbol == "line-ew-open"]
+    drawn = [t for t in fig.data if t.x[0] is not None]  # the rest: legend entries
+    dots = [t for t in drawn if t.marker.symbol != "line-ew-open"]
+    means = [t for t in drawn if t.marker.symbol == "line-ew-open"]
     left = [t for t in dots if t.xaxis == "x"]
     assert [len(t.y) for t in left] == [3] * 6  # each configuration: 3 seeds
     assert [len(t.y) for t in dots if t.xaxis == "x2"] == [3, 3]  # each winner: 3 seeds
@@ -511,7 +515,7 @@ def test_report_and_comparison_md_hold_the_confirmation(tmp_path):
     md = (out / "comparison.md").read_text()
     confirm_md = md.split("## Confirmation", 1)[1]
     assert verdict.text in confirm_md and "| backbone | configuration (search trial) |" in md
-    assert md.count("handreid-search confirmed") == 2
+    assert md.count("| handreid-search ") == 2 and "| handreid-search A: confirmed winner" in md
     assert out / "confirmed.csv" in result.files
     # without a confirmation stage: no section, one line saying so
     plain = write_all([fabricate_run(tmp_path, "plain", n_per_backbone=4)], tmp_path / "p")
