@@ -368,12 +368,17 @@ def test_report_renders_every_figure_in_headless_chromium(tmp_path):
     assert shot.is_file() and shot.stat().st_size > 50_000
 
 
-def test_png_export_with_the_system_chromium(tmp_path):
+def test_png_export_with_the_system_chromium(tmp_path, capsys, caplog):
     _chromium()
     run = fabricate_run(tmp_path)
+    caplog.set_level("INFO", logger="analysis")
     assert report_main([str(run), "--out", str(tmp_path / "out"), "--png"]) == 0
     pngs = sorted(p.name for p in (tmp_path / "out" / "png").iterdir())
     assert pngs == sorted(f"{name}.png" for name in FIGURES)
+    # a line per image while they are drawn (seconds each), then where they went
+    said = [r.getMessage() for r in caplog.records if r.name == "analysis.report"]
+    assert said[0].startswith(f"PNG 1 of {len(FIGURES)}: ") and len(said) == len(FIGURES)
+    assert f"PNGs: {len(FIGURES)} in {tmp_path / 'out' / 'png'}" in capsys.readouterr().out
     assert not math.isnan(load_run(run).trials["best_val_mAP"].iloc[0])
 
 
