@@ -217,3 +217,14 @@ def test_prepare_builds_missing_backbones_in_parallel_as_one_would_alone(tiny_de
         alone = pretrain(backbone, TINY, progress=False)
         assert built.keys() == alone.keys()
         assert all(torch.equal(built[k], alone[k]) for k in alone)
+
+
+def test_the_log_names_the_synthetic_weights_not_openai(tiny_default, caplog):
+    """tiny-synth loads through OpenAI's file format, but the log must not call its towers,
+    pretrained here on synthetic hands, OpenAI's weights."""
+    build_clip("tiny-rn", SYNTH_PRETRAINED)  # built (3 steps), then loaded
+    with caplog.at_level(logging.INFO, logger="handreid.models.weights"):
+        build_clip("tiny-rn", SYNTH_PRETRAINED)
+    said = [r.getMessage() for r in caplog.records if r.name == "handreid.models.weights"]
+    assert said and all("OpenAI" not in line for line in said), said
+    assert f"loading the {SYNTH_PRETRAINED} weights in " in said[0]

@@ -89,7 +89,8 @@ def build_clip(
     if pretrained == SYNTH_PRETRAINED:  # tiny CLIPs pretrained here, built on first use
         from handreid.models.pretrain_tiny import ensure_pretrained
 
-        return _from_file(name, ensure_pretrained(name), activation)
+        path = ensure_pretrained(name)
+        return _from_file(name, path, activation, f"the {SYNTH_PRETRAINED} weights in {path}")
     if is_checkpoint_path(pretrained):
         return _from_file(name, Path(pretrained), activation)
     tags = open_clip.list_pretrained_tags_by_model(name)
@@ -109,8 +110,9 @@ def build_clip(
         ) from None
 
 
-def _from_file(name: str, path: Path, activation: str):
-    """A local checkpoint: OpenAI's format goes into QuickGELU towers; others through open_clip."""
+def _from_file(name: str, path: Path, activation: str, weights: str | None = None):
+    """A local checkpoint: OpenAI's format goes into QuickGELU towers; others through open_clip.
+    ``weights`` names them in messages (default: the OpenAI weights in the file)."""
     if not path.is_file():
         raise HandReIDError(f"pretrained checkpoint not found: {path}")
     state = read_openai_state_dict(path)
@@ -123,7 +125,7 @@ def _from_file(name: str, path: Path, activation: str):
                 name,
             )
         return _quiet_create(name, str(path), None, resolve_quick_gelu(activation, None, ""))
-    weights = f"the OpenAI weights in {path}"
+    weights = weights or f"the OpenAI weights in {path}"
     clip = _quiet_create(name, None, None, resolve_quick_gelu(activation, True, weights))
     log.info("loading %s into %s with QuickGELU towers", weights, name)
     try:
