@@ -331,11 +331,30 @@ def unbalanced_comparison(space: SearchSpace) -> list[str]:
     ]
 
 
+SHIPPED_SPACES = Path(__file__).resolve().parents[1] / "spaces"  # the project's own spaces/
+
+
+def base_path(base: str, folder: Path) -> Path:
+    """A space's ``base:`` file: as written when absolute; else next to the space file, then
+    in the shipped ``spaces/`` folder (a space copied elsewhere keeps finding
+    ``base/tiny.yml``). Neither there: an error naming both places."""
+    if Path(base).is_absolute():
+        return Path(base)
+    places = list(dict.fromkeys(p.resolve() for p in (folder / base, SHIPPED_SPACES / base)))
+    found = next((p for p in places if p.is_file()), None)
+    if found is None:
+        raise ConfigError(
+            f"{base}: file not found; looked in {' and in '.join(map(str, places))}",
+            key="base",
+        )
+    return found
+
+
 def _load_base(base: Any, folder: Path) -> Config:
     if base is None:
         raise ConfigError("missing: a path to a base config or an inline mapping", key="base")
     if isinstance(base, str):
-        path = (folder / base) if not Path(base).is_absolute() else Path(base)
+        path = base_path(base, folder)
         try:
             return from_dict(Config, read_yaml(path))
         except ConfigError as err:

@@ -374,3 +374,24 @@ def test_asha_rungs_are_per_backbone_unless_told_otherwise(tmp_path):
         space({"scheduler": {"bracket_by": "optim.lr_visual"}})
     with pytest.raises(ConfigError, match="tune.scheduler.bracket_by"):
         space({"scheduler": {"bracket_by": "loss.triplet.use"}})
+
+
+def test_a_copied_space_finds_its_base_in_the_shipped_spaces(tmp_path, capsys):
+    """``base:`` is relative to the space file, then to the project's spaces/ folder: a
+    shipped space copied elsewhere still loads; a base in neither place names both."""
+    copy = tmp_path / "mine.yml"
+    copy.write_text((REPO / "spaces" / "demo.yml").read_text())
+    assert load_space(copy).base.model.pretrained == "tiny-synth"
+    (tmp_path / "base").mkdir()  # a base of its own next to the copy wins
+    own = yaml.safe_load((REPO / "spaces" / "base" / "tiny_pretrained.yml").read_text())
+    own["train"]["epochs"] = 7
+    (tmp_path / "base" / "tiny_pretrained.yml").write_text(yaml.safe_dump(own))
+    assert load_space(copy).base.train.epochs == 7
+    copy.write_text(copy.read_text().replace("base/tiny_pretrained.yml", "base/gone.yml"))
+    from search.cli import main
+
+    assert main(["--space", str(copy)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "base/gone.yml: file not found" in err
+    assert str(tmp_path / "base" / "gone.yml") in err
+    assert str(REPO / "spaces" / "base" / "gone.yml") in err
