@@ -31,7 +31,7 @@ import yaml
 from bench.common import emit
 
 REPO = Path(__file__).resolve().parents[1]
-SPACES = ("demo", "rn50", "vitb16")
+SPACES = ("demo", "rn50", "vitb16", "compare")
 
 
 def seeded_space(seed: int, folder: Path) -> Path:
@@ -132,12 +132,14 @@ def cost() -> None:
         c = space.tune.confirm
         backbones = len(backbone_choices(space))
         confirm = backbones * c.top_k * c.seeds * space.max_epochs
+        score = backbones * c.score_seeds * space.max_epochs  # fresh seeds of each winner
         search = expected_search_epochs(space)
-        data[name] = {"confirm_epochs": confirm, "search_epochs": search}
+        data[name] = {"confirm_epochs": confirm, "score_epochs": score, "search_epochs": search}
         parts.append(
             f"{name}: {backbones} backbone(s) x top {c.top_k} x {c.seeds} seeds x "
             f"{space.max_epochs} epochs = {confirm} epochs against {search:.0f} expected for "
-            f"the search ({space.tune.num_samples} trials): {confirm / search:.2f}"
+            f"the search ({space.tune.num_samples} trials): {confirm / search:.2f}; scoring "
+            f"{backbones} x {c.score_seeds} fresh seeds = {score} epochs: {score / search:.2f}"
         )
     emit("confirm_cost", "; ".join(parts), data)
 
