@@ -269,6 +269,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     check_args(args)
+    try:
+        check_saved(args)  # before the space, torch and Ray load: answers at once
+        return search(args, argv)
+    except KeyboardInterrupt:  # at any moment: say what a rerun needs
+        print(interrupted(args, argv), file=sys.stderr)
+        return 130
+
+
+def search(args, argv: list[str]) -> int:
     space, name, storage, run_dir = search_target(args)
     for line in space.warnings:
         print(f"warning: {line}")
@@ -315,6 +324,45 @@ def main(argv: list[str] | None = None) -> int:
     print_confirmation(local_run_dir(opts))
     print_places(space, local_run_dir(opts))
     return 0
+
+
+def experiment_dir(args) -> Path | None:
+    """The search's experiment folder as the flags name it, without loading the space;
+    None with URI storage (not looked up here) or with --confirm (a finished search)."""
+    from search.rundir import default_storage, is_uri
+
+    storage = args.storage or default_storage()
+    if args.confirm or is_uri(storage):
+        return None
+    return Path(storage).expanduser().resolve() / (args.name or Path(args.space).stem)
+
+
+def has_saved_state(path: Path) -> bool:
+    from search.tune_state import TUNER_FILE
+
+    return (path / TUNER_FILE).is_file()
+
+
+def check_saved(args) -> None:
+    """``--resume`` of a search that saved nothing: said at once, not after Ray starts."""
+    path = experiment_dir(args) if args.resume else None
+    if path is not None and not has_saved_state(path):
+        raise HandReIDError(
+            f"nothing to resume at {path} (no saved search there); start the search without "
+            "--resume"
+        )
+
+
+def interrupted(args, argv: list[str]) -> str:
+    """The line for a Ctrl-C: the resume command once Tune has saved the search, else that
+    nothing was saved and the command that starts it again."""
+    path = experiment_dir(args)
+    if path is None:
+        return f"interrupted; resume with: {resume_command(argv)}"
+    if has_saved_state(path):
+        return f"interrupted; the search is saved in {path}; resume with: {resume_command(argv)}"
+    again = shlex.join(["handreid-search", *(a for a in argv if a != "--resume")])
+    return f"interrupted before anything was saved (nothing in {path}); start again with: {again}"
 
 
 def search_target(args):
