@@ -48,8 +48,9 @@ def test_the_demo_searches_learns_and_reports_both_backbones(tmp_path):
         assert len(part) == 12, backbone
         assert (part["status"] == "complete").sum() >= 3, backbone
 
-    # confirmation: each backbone's best 2 configurations with 2 more seeds, the winner's
-    # 3 seeds scored on test, and the verdict
+    # confirmation: each backbone's best 2 configurations with 2 more seeds; the winner
+    # (best mean over its 3 seeds) trained with 2 fresh seeds, only those scored on test,
+    # and the verdict from those scores
     confirm = pd.read_csv(run_dir / "confirm.csv")
     assert sorted(confirm.groupby("backbone").size()) == [2, 2]
     assert (confirm["runs"] == 3).all() and confirm["winner"].sum() == 2
@@ -57,8 +58,14 @@ def test_the_demo_searches_learns_and_reports_both_backbones(tmp_path):
     assert len(runs) == 8 and set(runs["config_id"]) == set(confirm["config_id"])
     for backbone in ("tiny-vit", "tiny-rn"):
         best = json.loads((run_dir / "best" / backbone / "test_metrics.json").read_text())
-        assert best["confirmed"] and len(best["seeds"]) == 3
+        assert best["confirmed"] and best["scored_on"] == "fresh seeds"
+        assert len(best["seeds"]) == 2 and len(best["selection"]) == 3
         assert all(len(seed["per_split"]) == 10 for seed in best["seeds"])
+    scoring = trials[trials["role"] == "score"]
+    assert len(scoring) == 4 and set(scoring["config_id"]) == set(
+        confirm.loc[confirm["winner"], "config_id"]
+    )
+    assert set(trials.dropna(subset=["test_mAP"])["role"]) == {"score"}
 
     # the terminal: one line per trial and per confirmation run, the best complete trial per
     # backbone, the verdict, and where the data, the run and the report are; none of Ray's
@@ -66,6 +73,7 @@ def test_the_demo_searches_learns_and_reports_both_backbones(tmp_path):
     lines = out.stdout.splitlines()
     assert sum(line.startswith("trial ") for line in lines) == len(table)
     assert sum(line.startswith("confirm ") for line in lines) == len(runs)
+    assert sum(line.startswith("score ") for line in lines) == len(scoring)
     assert "Trial status" not in out.stdout and "Trial status" not in out.stderr
     assert any(
         (" is better than " in line or " not distinguishable " in line) and "95% CI" in line
