@@ -59,6 +59,9 @@ class DataConfig:
     split_seed: int = 0  # random identity split and the validation hold-out
     filter_accessories: bool = True
     prepared: str | None = None  # a `handreid-data prepare` cache to read images from
+    # a partial copy: use the listed images that exist (the identity split is computed on
+    # them and split.json records it as non-standard); false: a missing image is an error
+    subset: bool = False
     in_memory: bool = False  # decode once, keep uint8 tensors
     num_workers: int = 0
     flip_prob: float = 0.0  # off: a flipped right hand looks like a left one

@@ -230,7 +230,7 @@ def data_meta(data) -> dict[str, Any]:
         "prepared": data.prepared,
         "aspect": data.aspect,
         "split": split_method(data),
-        "subset": getattr(data, "subset", False),
+        "subset": data.subset,
     }
 
 

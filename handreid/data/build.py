@@ -10,7 +10,13 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from handreid.data.hands11k import CSV_NAME, aspect_records, check_files_exist, read_handinfo
+from handreid.data.hands11k import (
+    CSV_NAME,
+    aspect_records,
+    check_files_exist,
+    present_records,
+    read_handinfo,
+)
 from handreid.data.splits import DataSplit, gallery_all, make_split
 from handreid.data.synth import MARKER, RENDER_VERSION, generate, write_marker
 from handreid.errors import DataError
@@ -68,6 +74,8 @@ def build_split(data_cfg, eval_cfg, root: Path | None = None) -> DataSplit:
 
     def one(aspect: str) -> DataSplit:
         records = aspect_records(df, aspect, filter_accessories=data_cfg.filter_accessories)
+        if data_cfg.subset:  # a partial copy: the images present, the split computed on them
+            records = present_records(root, records)
         return make_split(
             records,
             method=split_method(data_cfg),

@@ -95,6 +95,18 @@ def aspect_records(
     return AspectRecords(aspect, items, dropped)
 
 
+MISSING = "missing files"  # AspectRecords.dropped key: listed images not on disk
+
+
+def present_records(root: str | Path, records: AspectRecords) -> AspectRecords:
+    """The records whose image exists under ``root`` (a partial copy); the others are
+    counted in ``dropped`` as missing files."""
+    root = Path(root)
+    items = [it for it in records.items if (root / it.path).is_file()]
+    missing = len(records.items) - len(items)
+    return AspectRecords(records.aspect, items, {**records.dropped, MISSING: missing})
+
+
 def check_files_exist(root: str | Path, items: list[Item]) -> None:
     """Fail with a count and the first few names when listed images are missing."""
     root = Path(root)
@@ -102,5 +114,7 @@ def check_files_exist(root: str | Path, items: list[Item]) -> None:
     if missing:
         first = ", ".join(Path(p).name for p in missing[:3])
         raise DataError(
-            f"{root}: {len(missing)} of {len(items)} listed images are missing (first: {first})"
+            f"{root}: {len(missing)} of {len(items)} listed images are missing (first: {first}); "
+            "for a partial copy use the images present: data.subset=true, or "
+            "`handreid-data check --allow-missing`"
         )

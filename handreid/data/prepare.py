@@ -17,6 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from handreid.data.hands11k import CSV_NAME, IMAGE_DIR, read_handinfo
+from handreid.data.sizes import REAL_INPUT, small_images, small_warning
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class PrepareResult:
     written: int = 0
     skipped: int = 0
     corrupt: list[str] = field(default_factory=list)
+    small: list[tuple[str, int]] = field(default_factory=list)  # below the input size
 
 
 def resize_one(src: str, dst: str, short_side: int) -> str:
@@ -47,8 +49,14 @@ def resize_one(src: str, dst: str, short_side: int) -> str:
 
 
 def prepare(
-    root: str | Path, out: str | Path, short_side: int = 256, workers: int = 2
+    root: str | Path,
+    out: str | Path,
+    short_side: int = 256,
+    workers: int = 2,
+    input_size: int = REAL_INPUT,
 ) -> PrepareResult:
+    """Resize every listed image of ``root`` into ``out``; images already smaller than
+    ``short_side`` are copied as they are, and those below ``input_size`` are warned about."""
     root, out = Path(root), Path(out)
     df = read_handinfo(root / CSV_NAME)
     (out / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
@@ -79,6 +87,10 @@ def prepare(
             len(result.corrupt),
             ", ".join(result.corrupt[:3]),
         )
+    done = (out / IMAGE_DIR / name for name in df["imageName"])
+    result.small = small_images((p for p in done if p.is_file()), input_size)
+    if result.small:
+        log.warning(small_warning(result.small, len(df), input_size, str(out)))
     shutil.copyfile(root / CSV_NAME, out / f"{CSV_NAME}.tmp")
     os.replace(out / f"{CSV_NAME}.tmp", out / CSV_NAME)
     return result

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from handreid.data.hands11k import ASPECT_NAMES, AspectRecords, Item
+from handreid.data.hands11k import ASPECT_NAMES, MISSING, AspectRecords, Item
 from handreid.errors import DataError
 
 # MBA-Net protocol: identities with int(id) <= T train, the rest test.
@@ -44,6 +44,12 @@ class DataSplit:
     val: list[Item]
     test: EvalProtocol
     dropped: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # why it is not the standard protocol
+
+    @property
+    def standard(self) -> bool:
+        """The MBA-Net protocol: threshold split of every listed image, accessories dropped."""
+        return not self.notes
 
     @property
     def train_ids(self) -> list[str]:
@@ -136,7 +142,24 @@ def make_split(
     test_items = [it for it in records.items if it.pid in test_set]
     images, splits, dropped_ids = query_gallery_splits(test_items, n_splits, split_seed)
     protocol = EvalProtocol(images, splits, dropped_ids)
-    return DataSplit(records.aspect, train, val, protocol, dict(records.dropped))
+    notes = protocol_notes(records, method)
+    return DataSplit(records.aspect, train, val, protocol, dict(records.dropped), notes)
+
+
+def protocol_notes(records: AspectRecords, method: str) -> list[str]:
+    """How a split departs from the standard protocol, one phrase each ([]: it does not)."""
+    notes = []
+    if method != "standard":
+        notes.append("a seeded random identity split, not the MBA-Net thresholds")
+    missing = records.dropped.get(MISSING, 0)
+    if missing:
+        notes.append(
+            f"a subset: {missing} of {missing + len(records.items)} listed images missing, "
+            f"identities split on the {len(records.items)} present"
+        )
+    if "accessories" not in records.dropped:
+        notes.append("rows with accessories kept")
+    return notes
 
 
 def gallery_all(main: DataSplit, others: list[DataSplit]) -> EvalProtocol:
@@ -176,6 +199,8 @@ def save_manifest(split: DataSplit, path: str | Path, root: str | None = None) -
         "root": root,
         "dropped_rows": split.dropped,
         "dropped_test_ids": test.dropped_ids,
+        "standard_protocol": split.standard,
+        "non_standard": split.notes,
         "train": _items(split.train),
         "val": _items(split.val),
         "test_splits": [
@@ -212,7 +237,12 @@ def load_manifest(path: str | Path) -> DataSplit:
         splits.append(EvalSplit(idx["query"], idx["gallery"]))
     protocol = EvalProtocol(images, splits, doc.get("dropped_test_ids", 0))
     return DataSplit(
-        doc["aspect"], items(doc["train"]), items(doc["val"]), protocol, doc["dropped_rows"]
+        doc["aspect"],
+        items(doc["train"]),
+        items(doc["val"]),
+        protocol,
+        doc["dropped_rows"],
+        list(doc.get("non_standard", [])),
     )
 
 
