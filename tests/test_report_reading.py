@@ -216,6 +216,8 @@ def test_the_drawn_report_names_the_winner_everywhere_and_labels_the_confirmatio
         title = re.search(r"<h2>(.*?)</h2>", section).group(1)
         for backbone, config in scored.items():
             assert f"{backbone} {config}" in _text(section), (title, backbone)
+    said = _text(next(s for s in sections if "<h2>Confirmation</h2>" in s))
+    assert "(2 degrees of freedom, one fewer than the smaller seed count: " in said  # why
     comparison = _text(sections[0])
     assert comparison.count("SYNTHETIC (generated hands)") == 2
     assert "main-svg" in dom.split('id="fig-confirmation"', 1)[1]
