@@ -55,8 +55,16 @@ class ImageDataset(Dataset):
             return self.cache[index]
         return read_image(self.root / self.items[index].path)
 
-    def __getitem__(self, index: int):
-        return self.transform(self.image(index)), self.targets[index], index
+    def __getitem__(self, key: int | tuple[int, int]):
+        """``key``: an index, or ``(index, seed)`` from :class:`SeededDraws`: the transform's
+        random draws then come from that seed alone (the global generator is left as it was)."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        image = self.image(index)
+        if seed is None:
+            return self.transform(image), self.targets[index], index
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), self.targets[index], index
 
 
 def preload(root: Path, items: Sequence[Item], size: tuple[int, int]) -> list[torch.Tensor]:

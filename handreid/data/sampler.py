@@ -80,3 +80,31 @@ class PKSampler(Sampler[int]):
             packed, pending = self._pack(pending + self._chunks(rng))
             out += packed
         return out[: self._length]
+
+
+class SeededDraws(Sampler[tuple[int, int]]):
+    """Wraps an epoch-aware sampler so that each draw carries its own augmentation seed:
+    yields ``(index, seed)`` with the seeds drawn from (seed, epoch, position in the epoch).
+
+    A draw's random augmentation then depends on nothing else: not on which loader worker
+    decodes it, on how many workers there are, or on what a worker drew before (persistent
+    workers keep their random state across epochs). A run resumed at epoch ``e`` therefore
+    augments every image exactly as the uninterrupted run did.
+    """
+
+    STREAM = 0xA06  # keeps these seeds apart from the sampler's own (seed, epoch) stream
+
+    def __init__(self, sampler: PKSampler, seed: int = 0):
+        self.sampler, self.seed = sampler, seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        indices = list(self.sampler)
+        rng = np.random.default_rng([self.seed, self.sampler.epoch, self.STREAM])
+        seeds = rng.integers(0, 2**62, size=len(indices)).tolist()
+        return iter(zip(indices, seeds))
+
+    def __len__(self) -> int:
+        return len(self.sampler)

@@ -1,6 +1,7 @@
 """The data of one run: its datasets and loaders, built from the config and the split.
 
-The train images go through the training transform in PK batches (``PKSampler``); the
+The train images go through the training transform in PK batches (``PKSampler``), each
+draw with its own augmentation seed (``SeededDraws``: resume is exact with workers); the
 validation images and the train images as the validation gallery go through the test
 transform, in loaders built once per run. With ``data.in_memory`` the images are decoded
 once, at the model's input size, and the gallery shares the train set's decoded images.
@@ -11,11 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 
 from handreid.config import Config
 from handreid.data.dataset import ImageDataset
-from handreid.data.sampler import PKSampler
+from handreid.data.sampler import PKSampler, SeededDraws
 from handreid.data.splits import DataSplit
 from handreid.data.transforms import build_test_transform, build_train_transform
 
@@ -59,9 +61,10 @@ class RunData:
         self.val_loader = self.plain_loader(self.val_set, persistent=True)
         self.gallery_loader = self.plain_loader(self.gallery_set, persistent=True)
         t = self.cfg.train
-        self.sampler = PKSampler(
+        pk = PKSampler(
             self.train_set.targets, t.batch_size // t.num_instances, t.num_instances, seed=t.seed
         )
+        self.sampler = SeededDraws(pk, seed=t.seed)  # each draw's augmentation seed
         self.train_loader = DataLoader(
             self.train_set,
             batch_size=t.batch_size,
@@ -70,6 +73,7 @@ class RunData:
             drop_last=True,
             pin_memory=self.pin_memory,
             persistent_workers=d.num_workers > 0,
+            generator=own_generator(t.seed),
         )
 
     def eval_dataset(self, items) -> ImageDataset:
@@ -88,4 +92,11 @@ class RunData:
             num_workers=workers,
             pin_memory=self.pin_memory,
             persistent_workers=persistent and workers > 0,
+            generator=own_generator(self.cfg.train.seed),
         )
+
+
+def own_generator(seed: int) -> torch.Generator:
+    """A loader draws its workers' base seed when it starts them; from its own generator,
+    not the global one, which the trainer seeds per epoch."""
+    return torch.Generator().manual_seed(seed)

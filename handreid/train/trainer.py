@@ -11,6 +11,7 @@ checked and a resumable checkpoint is written. Test data is read only by
 from __future__ import annotations
 
 import csv
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -67,6 +69,10 @@ def configure_backends(device: torch.device) -> None:
     """On CUDA, cuDNN benchmarks its kernels once: every batch has the same input size."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+
+
+# what a run holds that close() lets go of
+RUN_STATE = ("model", "losses", "optimizer", "center_opt", "scheduler", "data", "text_feats")
 
 
 class Trainer:
@@ -209,7 +215,9 @@ class Trainer:
         self.model.train()
         self.losses.train()
         self.data.sampler.set_epoch(epoch)
-        torch.manual_seed(cfg.train.seed * 100_003 + epoch)  # augmentations replay on resume
+        # main-process randomness restarts from (seed, epoch); the augmentations, in the loader's
+        # workers or not, are seeded per draw by the sampler (SeededDraws): both replay on resume
+        torch.manual_seed(cfg.train.seed * 100_003 + epoch)
         sums: dict[str, torch.Tensor] = {}  # on the device: no host sync per step
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         seen, start = 0, time.time()
@@ -312,6 +320,21 @@ class Trainer:
             "progress": {"epoch": self.progress.epoch},
         }
         ckpt.atomic_save(best, self.out / BEST)
+
+    def close(self) -> None:
+        """Free the run's model, optimisers, loaders and Accelerate's references to them, and
+        return the freed GPU memory: a process that trains another run next (a reused Ray
+        actor) must not carry this one. Under mixed precision Accelerate wraps the model's
+        forward in a reference cycle (instance attributes bound to the model), which only the
+        cyclic collector would break: those go first, and the collector runs once here."""
+        for name in ("forward", "_original_forward"):
+            getattr(self, "model", nn.Module()).__dict__.pop(name, None)
+        for name in RUN_STATE:
+            self.__dict__.pop(name, None)
+        self.accelerator.free_memory()  # its lists of prepared objects; collects, empties
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ loop
 
@@ -430,16 +453,19 @@ def train(
     """
     trainer = Trainer(cfg, out_dir, report)
     try:
-        result = trainer.run()
-    except Diverged as err:
-        result = _failed(trainer, "diverged", str(err))
-    except torch.OutOfMemoryError:
-        msg = f"out of memory at batch_size={cfg.train.batch_size}; lower train.batch_size"
-        if raise_oom:
-            raise
-        result = _failed(trainer, "oom", msg)
-    if evaluate_on_test and result["status"] in ("done", "early_stopped"):
-        result["test"] = evaluate_test(cfg, out_dir, trainer=trainer)
+        try:
+            result = trainer.run()
+        except Diverged as err:
+            result = _failed(trainer, "diverged", str(err))
+        except torch.OutOfMemoryError:
+            msg = f"out of memory at batch_size={cfg.train.batch_size}; lower train.batch_size"
+            if raise_oom:
+                raise
+            result = _failed(trainer, "oom", msg)
+        if evaluate_on_test and result["status"] in ("done", "early_stopped"):
+            result["test"] = evaluate_test(cfg, out_dir, trainer=trainer)
+    finally:
+        trainer.close()
     write_json(Path(out_dir) / METRICS, result)
     return result
 
@@ -463,9 +489,13 @@ def _failed(trainer: Trainer, status: str, message: str) -> dict[str, Any]:
 def evaluate_test(cfg: Config, out_dir: str | Path, *, trainer: Trainer | None = None) -> dict:
     """The test protocol on the best checkpoint: features once, then every split."""
     out = Path(out_dir)
-    if trainer is None:
+    if trainer is None:  # a run scored on its own: its trainer is freed afterwards
         trainer = Trainer(cfg, out)
-        trainer.setup()
+        try:
+            trainer.setup()
+            return evaluate_test(cfg, out, trainer=trainer)
+        finally:
+            trainer.close()
     model = trainer.accelerator.unwrap_model(trainer.model)
     best = ckpt.load(out / BEST)
     ckpt.check_fingerprint(
