@@ -23,9 +23,11 @@ chromium:
 	  || echo "warning: could not install chromium; report rendering tests will fail"; }
 
 # The main job on the embedded default: a search over both tiny backbones on synthetic hands.
+# Its generated data and tiny pretrained CLIPs are cached in the clone (.cache/, ignored).
 demo: $(STAMP)
 	rm -rf runs/demo
-	$(VENV)/bin/handreid-search --space spaces/demo.yml --name demo
+	HANDREID_CACHE=$${HANDREID_CACHE:-$(CURDIR)/.cache/handreid} \
+	  $(VENV)/bin/handreid-search --space spaces/demo.yml --name demo
 
 test: $(STAMP) chromium
 	$(PY) -m pytest -q
