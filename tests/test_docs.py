@@ -73,3 +73,14 @@ def test_the_editable_build_prints_no_warning_of_ours(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     said = out.stdout + out.stderr
     assert "Warning" not in said and "Please be careful" not in said, said[-2000:]
+
+
+def test_make_demo_keeps_its_cache_in_the_clone():
+    """The demo's data and tiny CLIPs go to .cache/ of the clone, so its output (the data
+    line, the pretraining line) names no path outside the repository."""
+    out = subprocess.run(
+        ["make", "-n", "-o", ".venv/.installed-stamp", "demo"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert f"HANDREID_CACHE=${{HANDREID_CACHE:-{REPO}/.cache/handreid}}" in out.stdout
