@@ -321,6 +321,12 @@ def textbook_asha(space):
     return dataclasses.replace(space, tune=dataclasses.replace(tune, brackets=1))
 
 
+def before_28(space):
+    """The shipped strategy before issue 28: ASHA's cut alone, 8 random trials first."""
+    tune = dataclasses.replace(space.tune, promote_top=None, n_startup_trials=8)
+    return dataclasses.replace(space, tune=tune)
+
+
 # name -> (space, seed, concurrency, servers) -> Strategy
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "random": lambda sp, s, c, _: Product(sp, s, c, sampler=random_sampler(s), prune=False),
@@ -331,6 +337,7 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "DEHB": lambda sp, s, c, servers: DEHBStrategy(servers.dehb(), s),
     "shipped": lambda sp, s, c, _: Product(sp, s, c),
     # ablations of the shipped strategy, on request
+    "shipped before issue 28": lambda sp, s, c, _: Product(before_28(sp), s, c),
     "shipped TPE, no pruning": lambda sp, s, c, _: Product(sp, s, c, prune=False),
     "random + shipped rungs": lambda sp, s, c, _: Product(sp, s, c, sampler=random_sampler(s)),
 }

@@ -65,7 +65,11 @@ class ResumableASHA(AsyncHyperBandScheduler):
     validation mAP runs lower overall is not pruned wholesale by the other's cutoffs.
 
     ``milestones`` sets the rungs' epochs directly (ascending; bracket ``s`` has all but the
-    first ``s``), in place of ``grace_period * reduction_factor**k``.
+    first ``s``), in place of ``grace_period * reduction_factor**k``. ``promote_top``: a
+    trial also has to rank among the best ``promote_top`` values recorded at the rung (its
+    own included) to go on. A sampler that improves makes each new trial beat the top
+    ``1/reduction_factor`` of the earlier, worse ones, so ASHA alone lets most of them run to
+    the end; this keeps the cut against the best seen.
 
     Driven outside Tune (``search.strategy.TuneLoop``) the controller is None: a new search,
     nothing recorded to rebuild the rungs from.
@@ -76,9 +80,11 @@ class ResumableASHA(AsyncHyperBandScheduler):
         *args: Any,
         group_by: str | None = None,
         milestones: Sequence[int] | None = None,
+        promote_top: int | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
+        self._promote_top = promote_top
         if milestones is not None:
             for s, bracket in enumerate(self._brackets):
                 bracket._rungs = [(m, {}) for m in reversed(list(milestones)[s:])]
@@ -96,6 +102,7 @@ class ResumableASHA(AsyncHyperBandScheduler):
         if "_empty_brackets" not in state:
             self._empty_brackets = [self.__dict__.pop("_empty_bracket")]
         self.__dict__.setdefault("_reached", {})
+        self.__dict__.setdefault("_promote_top", None)
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         super().on_trial_add(tune_controller, trial)  # checks metric and mode
@@ -154,7 +161,8 @@ class ResumableASHA(AsyncHyperBandScheduler):
         if now >= self._max_t and self._stop_last_trials:
             return TrialScheduler.STOP
         reward = self._metric_op * result[self._metric]
-        return place(self._trial_info[trial.trial_id], trial.trial_id, before, now, reward)
+        bracket = self._trial_info[trial.trial_id]
+        return place(bracket, trial.trial_id, before, now, reward, self._promote_top)
 
     def _rebuild_once(self, tune_controller) -> None:
         if self._rebuilt:
@@ -181,11 +189,14 @@ class ResumableASHA(AsyncHyperBandScheduler):
             )
 
 
-def place(bracket, trial_id: str, before: float, now: float, reward: float) -> str:
+def place(
+    bracket, trial_id: str, before: float, now: float, reward: float, top: int | None = None
+) -> str:
     """Record ``reward`` in the bracket's highest rung whose milestone lies in (``before``,
-    ``now``] and judge it against that rung's cutoff. A rung the trial passed earlier (in its
-    warm-up) is not filled late, as Ray's ``_Bracket.on_result`` would (it fills the first
-    rung at or below ``now`` that lacks the trial)."""
+    ``now``] and judge it against that rung's cutoff (and, with ``top``, against the
+    ``top``-th best value recorded there, this one included). A rung the trial passed
+    earlier (in its warm-up) is not filled late, as Ray's ``_Bracket.on_result`` would (it
+    fills the first rung at or below ``now`` that lacks the trial)."""
     for milestone, recorded in bracket._rungs:  # highest first
         if not before < milestone <= now:
             continue
@@ -194,6 +205,8 @@ def place(bracket, trial_id: str, before: float, now: float, reward: float) -> s
         cutoff = bracket.cutoff(recorded)
         recorded[trial_id] = reward
         stop = cutoff is not None and reward < cutoff
+        if top is not None and len(recorded) > top:
+            stop = stop or reward < sorted(recorded.values(), reverse=True)[top - 1]
         return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
     return TrialScheduler.CONTINUE
 

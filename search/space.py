@@ -120,6 +120,8 @@ class TuneSettings:
     # the rungs' epochs, set directly (e.g. [10]: one rung at epoch 10) instead of Ray's
     # grace_period * reduction_factor**k; each keeps the best 1/reduction_factor
     rungs: tuple[int, ...] | None = None
+    # a trial passes a rung only among the best promote_top values recorded there, too
+    promote_top: int | None = None
     # asynchronous Hyperband: bracket s starts pruning at grace_period * reduction_factor**s;
     # 1 is plain ASHA (bench.tabular replay chooses per space)
     brackets: int = 1
@@ -507,6 +509,7 @@ def _parse_tune(doc: dict) -> TuneSettings:
         (tune.grace_period >= 1, "grace_period", "must be >= 1"),
         (tune.reduction_factor >= 2, "reduction_factor", "must be >= 2"),
         (tune.brackets >= 1, "brackets", "must be >= 1"),
+        (tune.promote_top is None or tune.promote_top >= 1, "promote_top", "must be >= 1"),
         (0 <= tune.judge_after < 1, "judge_after", "must be in [0, 1)"),
         (
             tune.max_epochs is None or tune.rungs or tune.max_epochs >= tune.grace_period,

@@ -29,7 +29,9 @@ __all__ = [
 
 
 def tpe(seed: int, n_startup_trials: int) -> optuna.samplers.BaseSampler:
-    # group=True: TPE models each conditional sub-space on its own
+    # group=True: TPE models each conditional sub-space on its own. No constant liar for
+    # the trials running at once: on LCBench (4 at a time) it changed next to no draw
+    # (BENCHMARKS.md, "Search efficiency on LCBench")
     return optuna.samplers.TPESampler(
         seed=seed, multivariate=True, group=True, n_startup_trials=n_startup_trials
     )
@@ -90,6 +92,7 @@ def build_scheduler(space: SearchSpace, *, metric: str | None = None, mode: str 
         brackets=t.brackets,  # > 1: asynchronous Hyperband, a hedge against late starters
         group_by=space.bracket_key(),  # e.g. rungs per backbone: cut against its own peers
         milestones=rungs,  # tune.scheduler.rungs: the rungs' epochs as the space says them
+        promote_top=t.promote_top,  # and the cut against the best seen at a rung
     )
 
 

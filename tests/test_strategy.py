@@ -118,3 +118,25 @@ def test_the_loop_keeps_the_concurrency_and_tells_optuna_each_ending(tmp_path):
     assert {e for _, e in log} == {2, 6}  # stopped at the rung, or ran to the end
     assert states.count("COMPLETE") == sum(e == 6 for _, e in log)
     assert not loop.search.live_trials  # every trial ended through the limiter
+
+
+def test_promote_top_cuts_against_the_best_seen_at_the_rung(tmp_path):
+    """Rising values pass ASHA's top third of the earlier, worse ones; with promote_top 2
+    only a value among the best two recorded at the rung goes on."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    decisions = {}
+    for top in (None, 2):
+        space = space_with(tmp_path, {"rungs": [2], "reduction_factor": 3, "max_epochs": 6})
+        space.tune = dataclasses.replace(space.tune, promote_top=top)
+        scheduler = build_scheduler(space, metric="objective", mode="max")
+        out = []
+        for i, value in enumerate([1.0, 2.0, 3.0, 5.0, 4.0, 3.8]):
+            trial = Trial("t", config={}, trial_id=f"t{i}", stub=True)
+            scheduler.on_trial_add(None, trial)
+            result = {"epoch": 2, "objective": value}
+            out.append(scheduler.on_trial_result(None, trial, result) == TrialScheduler.STOP)
+        decisions[top] = out
+    assert decisions[None] == [False] * 6  # 3.8 beats two thirds of 1, 2, 3, 5, 4
+    assert decisions[2] == [False] * 5 + [True]  # but not 5 or 4
