@@ -112,8 +112,8 @@ def comparison_table(data: RunData, conf: Confirmation | None = None) -> pd.Data
     ours = [_our_row(data, trials, conf, c) for c in chosen.values()]
     if data.data.synthetic is not False:
         return pd.DataFrame(ours)
-    ours = [{**r, "reference": False} for r in ours]
-    return pd.DataFrame(ours + reference_table().to_dict("records"))
+    refs = [{**r, "reference": True} for r in reference_table().to_dict("records")]
+    return pd.DataFrame([{**r, "reference": False} for r in ours] + refs)
 
 
 REFERENCE_DATA = "11k Hands dorsal_r (real)"
@@ -122,7 +122,7 @@ REFERENCE_DATA = "11k Hands dorsal_r (real)"
 def reference_table() -> pd.DataFrame:
     """The published and seed results on real 11k Hands: a table of their own beside runs
     that did not train on it."""
-    return pd.DataFrame([{**r, "data": REFERENCE_DATA, "reference": True} for r in REFERENCE_ROWS])
+    return pd.DataFrame([{**r, "data": REFERENCE_DATA} for r in REFERENCE_ROWS])
 
 
 def _our_row(data: RunData, trials: pd.DataFrame, conf, c: Chosen) -> dict:
