@@ -24,6 +24,15 @@ Aspect = Literal["dorsal_r", "dorsal_l", "palmar_r", "palmar_l"]
 ASPECTS: tuple[str, ...] = typing.get_args(Aspect)
 
 
+# Field metadata marking a path-valued field (``path_keys`` finds them): a run reads an
+# input path, which must exist, and writes under a cache path, made when first used. A
+# search makes every one absolute before its trials start (Ray runs each trial in its own
+# folder), and refuses a missing input there.
+INPUT_PATH = {"path": "input"}
+INPUT_PATH_OR_TAG = {"path": "input_or_tag"}  # a path when it looks like one (model.pretrained)
+CACHE_PATH = {"path": "cache"}
+
+
 def _check(cond: bool, key: str, message: str) -> None:
     if not cond:
         raise ConfigError(message, key=key)
@@ -52,13 +61,14 @@ class SynthConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    root: str | None = None  # 11k layout; null = synthetic data from ``synth``
+    root: str | None = field(default=None, metadata=INPUT_PATH)  # 11k layout; null: ``synth``
     aspect: Aspect = "dorsal_r"
     split: Literal["standard", "random"] = "standard"
     test_fraction: float = 0.5  # random split only
     split_seed: int = 0  # random identity split and the validation hold-out
     filter_accessories: bool = True
-    prepared: str | None = None  # a `handreid-data prepare` cache to read images from
+    # a `handreid-data prepare` cache to read images from
+    prepared: str | None = field(default=None, metadata=INPUT_PATH)
     # a partial copy: use the listed images that exist (the identity split is computed on
     # them and split.json records it as non-standard); false: a missing image is an error
     subset: bool = False
@@ -86,12 +96,13 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: str = "ViT-B-16"
-    pretrained: str = "openai"  # "openai", "none", or a local checkpoint file
+    # "openai", "none", or a local checkpoint file
+    pretrained: str = field(default="openai", metadata=INPUT_PATH_OR_TAG)
     # Towers' activation. OpenAI's weights were trained with QuickGELU, but open_clip builds
     # ViT-B-16 / RN50 with GELU. "auto" follows the weights (open_clip's tag registry, OpenAI's
     # file format); an explicit value that contradicts known weights is refused.
     activation: Literal["auto", "gelu", "quick_gelu"] = "auto"
-    cache_dir: str | None = None
+    cache_dir: str | None = field(default=None, metadata=CACHE_PATH)  # open_clip's downloads
     n_ctx: int = 4
     templates: tuple[str, ...] = ("A photo of a X X X X hand.",)
     unfreeze_blocks: int = -1  # 0 = frozen encoder, N = last N blocks, -1 = everything
@@ -261,7 +272,8 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     grad_accum: int = 1
     cpu: bool = False
-    stage1_cache: str | None = None  # directory; null = ~/.cache/handreid/stage1
+    # directory; null = ~/.cache/handreid/stage1
+    stage1_cache: str | None = field(default=None, metadata=CACHE_PATH)
     stage1_reuse: bool = True  # false: always compute stage 1 (no cache read or write)
     keep_checkpoints: bool = True  # write per-epoch resumable state
 
@@ -493,3 +505,60 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[dotted] = value
     return out
+
+
+# ---------------------------------------------------------------------------- paths
+
+
+def path_keys(cls: type | None = None, prefix: str = "") -> dict[str, str]:
+    """Dotted key -> kind (``input``, ``input_or_tag``, ``cache``) of every path-valued
+    field of the config tree, from the ``path`` marker in each field's metadata."""
+    cls = cls or Config
+    hints = typing.get_type_hints(cls)
+    out: dict[str, str] = {}
+    for f in dataclasses.fields(cls):
+        key = _join(prefix, f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(path_keys(hints[f.name], key))
+        elif "path" in f.metadata:
+            out[key] = f.metadata["path"]
+    return out
+
+
+def is_path(kind: str, value: Any) -> bool:
+    """Whether ``value`` of a field of this kind names a path (``null``, ``none`` or a tag
+    such as ``openai`` does not)."""
+    if not isinstance(value, str) or not value:
+        return False
+    if kind == "input_or_tag":
+        from handreid.models.weights import is_checkpoint_path
+
+        return value != "none" and is_checkpoint_path(value)
+    return True
+
+
+def absolute_path(kind: str, value: Any) -> Any:
+    """``value`` with ``~`` expanded and made absolute against the working folder."""
+    return str(Path(value).expanduser().resolve()) if is_path(kind, value) else value
+
+
+def absolute_overrides(flat: dict[str, Any]) -> dict[str, Any]:
+    """Dotted overrides with every path-valued one made absolute."""
+    kinds = path_keys()
+    return {k: absolute_path(kinds[k], v) if k in kinds else v for k, v in flat.items()}
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """``cfg`` with every path-valued field made absolute."""
+    values = flatten(to_dict(cfg))
+    return apply_overrides(cfg, absolute_overrides({k: values[k] for k in path_keys()}))
+
+
+def missing_paths(cfg: Config) -> list[str]:
+    """One line per input path that does not exist, naming its key."""
+    values = flatten(to_dict(cfg))
+    return [
+        f"{key}: {values[key]} does not exist"
+        for key, kind in path_keys().items()
+        if kind != "cache" and is_path(kind, values[key]) and not Path(values[key]).exists()
+    ]

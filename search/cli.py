@@ -122,6 +122,16 @@ def check_args(args) -> None:
         raise HandReIDError("--retry-failed and --confirm: resume the search first, then confirm")
 
 
+def check_paths(space) -> None:
+    """Every input path the trials read exists (they are absolute: ``load_space``)."""
+    from handreid.config import missing_paths
+
+    missing = missing_paths(space.trial_config({}))
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise HandReIDError(f"{space.source}: {missing[0]}{more}")
+
+
 def check_sets(space, keys) -> None:
     """A --set of a key the space sets in every trial would be dropped without a word."""
     owned = space.owned_keys()
@@ -281,6 +291,7 @@ def search(args, argv: list[str]) -> int:
     space, name, storage, run_dir = search_target(args)
     for line in space.warnings:
         print(f"warning: {line}")
+    check_paths(space)
     # Tune's own output (its experiment box, live tables, log lines) only with --verbose
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if args.verbose else "0")
     if not args.verbose:

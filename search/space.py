@@ -33,7 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from handreid.config import Config, apply_overrides, flatten, from_dict, read_yaml, to_dict
+from handreid.config import (
+    Config,
+    absolute_overrides,
+    absolute_paths,
+    apply_overrides,
+    flatten,
+    from_dict,
+    read_yaml,
+    to_dict,
+)
 from handreid.errors import ConfigError
 
 TYPES = ("float", "int", "categorical", "bool")
@@ -261,8 +270,9 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Sea
         raise ConfigError(f"unknown section {sorted(unknown)[0]!r}", source=source)
     try:
         base = _load_base(doc.get("base"), path.parent)
-        fixed = dict(doc.get("fixed") or {})
-        base = apply_overrides(base, {**fixed, **(overrides or {})})  # as trials see it
+        # every path absolute: Ray runs each trial in a folder of its own
+        fixed = absolute_overrides({**(doc.get("fixed") or {}), **(overrides or {})})
+        base = absolute_paths(apply_overrides(base, fixed))  # as trials see it
         params = _parse_params(doc.get("search") or {}, base)
         tune = _parse_tune(doc.get("tune") or {})
         _check_categorical(tune.balance, params, "tune.balance")
@@ -273,7 +283,7 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> Sea
             raise ConfigError("must be a list of mappings", key="start_points")
     except ConfigError as err:
         raise (err if err.source else err.in_file(source)) from None
-    space = SearchSpace(source, base, {**fixed, **(overrides or {})}, params, points, tune)
+    space = SearchSpace(source, base, fixed, params, points, tune)
     try:
         space.trial_config({})
     except ConfigError as err:
