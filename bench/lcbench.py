@@ -3,7 +3,7 @@ the shipped strategy against random search, random + ASHA, Optuna's TPE + Hyperb
 and DEHB, side by side in one run (issue 28).
 
     python -m bench.lcbench run            # 6 tasks x 20 searches x 5 strategies
-    python -m bench.lcbench run --quick    # 2 tasks x 3 searches, a few minutes
+    python -m bench.lcbench run --quick    # 2 tasks x 3 searches (a 5,000-config reference)
     python -m bench.lcbench markdown       # the table of the last run, for BENCHMARKS.md
 
 The first run creates ``.venv-yahpo/`` (yahpo-gym 1.0.2 and dehb 0.1.2, which need numpy
@@ -526,9 +526,9 @@ def run(args: argparse.Namespace) -> int:
         for s in args.strategies
     ]
     done = run_jobs(jobs, args.workers)
-    servers = Servers()
+    servers, n = Servers(), 5_000 if args.quick else 20_000  # the reference's random sample
     refs = {
-        t: reference(servers.surrogate(), t, [d for d in done if d["task"] == t]) for t in tasks
+        t: reference(servers.surrogate(), t, [d for d in done if d["task"] == t], n) for t in tasks
     }
     servers.close()
     doc = summarize(done, refs, jobs[0].budget, args)
@@ -548,10 +548,10 @@ def run_jobs(jobs: list[Job], workers: int) -> list[dict]:
         return list(tqdm(pool.imap(run_job, jobs), total=len(jobs), desc="lcbench", unit="job"))
 
 
-def reference(surrogate: Surrogate, task: str, done: list[dict]) -> Reference:
-    """The task's scale: the random sample's median and mean; the best of it and of every
+def reference(surrogate: Surrogate, task: str, done: list[dict], n: int = 20_000) -> Reference:
+    """The task's scale: a random sample's median and mean; the best of it and of every
     full trial of the run."""
-    sample = sample_values(surrogate, task)
+    sample = sample_values(surrogate, task, n)
     best = max(
         [float(sample.max())]
         + [t["value"] for d in done for s in d["searches"] for t in s if t["complete"]]
@@ -645,24 +645,41 @@ def write(doc: dict, out: Path | None) -> None:
 
 
 def markdown_table(doc: dict) -> str:
-    """A row per strategy: per task, mean normalised regret at 100% of the budget (± sem);
-    then the means over tasks at 25/50/100%, and the speed-up (geometric mean)."""
+    """Two tables: per strategy, the means over tasks and the goal's figures; per task and
+    strategy, regret at 25/50/100% of the budget (mean ± sem) and compute to random's final
+    regret."""
     tasks = list(doc["tasks"])
-    names = list(next(iter(doc["tasks"].values())))
-    head = "| strategy | " + " | ".join(tasks) + " | mean 25% | mean 50% | mean 100% | speed-up |"
-    lines = [head, "| --- " * (len(tasks) + 5) + "|"]
+    names = list(doc["tasks"][tasks[0]])
+    lines = [
+        "| strategy | mean regret 25% | 50% | 100% | compute to random's final (geo. mean "
+        "speed-up) | tasks with the lowest final regret | trials / full trials per search |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name in names:
         cells = [doc["tasks"][t][name] for t in tasks]
-        row = [f"{c['at']['1.0'][0]:.3f} ± {c['at']['1.0'][1]:.3f}" for c in cells]
         means = [np.mean([c["at"][p][0] for c in cells]) for p in ("0.25", "0.5", "1.0")]
-        speedups = [c["speedup"] for c in cells]
+        lowest = sum(
+            min(doc["tasks"][t], key=lambda n: doc["tasks"][t][n]["at"]["1.0"][0]) == name
+            for t in tasks
+        )
+        counts = f"{np.mean([c['trials'] for c in cells]):.0f} / "
+        counts += f"{np.mean([c['full_trials'] for c in cells]):.0f}"
         lines.append(
             f"| {name} | "
-            + " | ".join(row)
-            + " | "
             + " | ".join(f"{m:.3f}" for m in means)
-            + f" | {geomean(speedups)} |"
+            + f" | {geomean([c['speedup'] for c in cells])} | {lowest} of {len(tasks)} | {counts} |"
         )
+    lines += ["", "| task | strategy | regret 25% | 50% | 100% | compute to random's final |"]
+    lines.append("| --- | --- | --- | --- | --- | --- |")
+    for t in tasks:
+        for name in names:
+            c = doc["tasks"][t][name]
+            at = [f"{c['at'][p][0]:.3f} ± {c['at'][p][1]:.3f}" for p in ("0.25", "0.5", "1.0")]
+            epochs = c["compute_to_random_final"]
+            reach = (
+                f"{epochs:.0f} ({c['speedup']:.2f}x)" if math.isfinite(epochs) else "not reached"
+            )
+            lines.append(f"| {t} | {name} | " + " | ".join(at) + f" | {reach} |")
     return "\n".join(lines)
 
 
