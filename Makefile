@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install demo test lint chromium clean
+.PHONY: install demo test lint chromium clean wheelhouse
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,16 @@ test: $(STAMP) chromium
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# Wheels of the project's dependencies at this venv's versions, in a folder on shared
+# storage: cluster.local.yaml's nodes install from it, without the index (README, "Many GPUs").
+#   make wheelhouse WHEELS=/mnt/shared/handreid-wheels
+wheelhouse: $(STAMP)
+	@test -n "$(WHEELS)" || { echo "usage: make wheelhouse WHEELS=/mnt/shared/handreid-wheels"; exit 2; }
+	mkdir -p $(WHEELS)
+	$(PY) -m pip list --format=freeze --exclude-editable > $(WHEELS)/pins.txt
+	$(PY) -m pip wheel -q -w $(WHEELS) -c $(WHEELS)/pins.txt . pip setuptools wheel
+	rm -f $(WHEELS)/handreid_search-*.whl
 
 clean:
 	rm -rf runs .pytest_cache

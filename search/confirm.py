@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 from ray.tune.search import Searcher
 
+from search.assets import assets_location
 from search.launch import make_trainable, trial_name, trial_resources
 from search.resume import SearchStopped, set_aside_orphans
 from search.rundir import (
@@ -102,14 +103,26 @@ class Run:
 
 
 def run_confirm_trial(
-    config: dict[str, Any], *, space: SearchSpace, extra: dict[str, Any], scratch_root: str | None
+    config: dict[str, Any],
+    *,
+    space: SearchSpace,
+    extra: dict[str, Any],
+    scratch_root: str | None,
+    assets: str | None = None,
 ) -> None:
     """The trainable of a confirmation run: the search trial's parameters, another seed."""
     from search.trainable import run_trial
 
     run = Run.from_config(config)
     params = {**run.params, "train.seed": run.train_seed}
-    run_trial(params, space=space, extra=extra, scratch_root=scratch_root, state_key=run.key)
+    run_trial(
+        params,
+        space=space,
+        extra=extra,
+        scratch_root=scratch_root,
+        state_key=run.key,
+        assets=assets,
+    )
 
 
 # ------------------------------------------------------------------ the fixed list of runs
@@ -536,7 +549,9 @@ def score_seeds(space, opts, seeds: dict[str, list[Seed]]) -> dict[str, dict]:
             log.warning("seed %s of %s not scored: %s", row["train_seed"], trial_id, why)
             continue
         cfg = space.trial_config(seed.params, {"train.cpu": gpus == 0})
-        refs[trial_id] = task.remote(cfg, seed.result.checkpoint, scratch_root(opts))
+        refs[trial_id] = task.remote(
+            cfg, seed.result.checkpoint, scratch_root(opts), assets_location(opts)
+        )
     for trial_id, ref in refs.items():
         out[trial_id] = test_metrics(ref, trial_id)
     return out

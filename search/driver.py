@@ -2,8 +2,9 @@
 
 1. the run directory and its records (``search.rundir``);
 2. resume checks and the stop signals (``search.resume``);
-3. Ray, the data and the Tuner: TPE via Optuna and ASHA (``search.launch``,
-   ``search.strategy``), or on resume the restored Tuner (``search.resume``);
+3. Ray, what the trials read (``search.assets``), and the Tuner: TPE via Optuna and ASHA
+   (``search.launch``, ``search.strategy``), or on resume the restored Tuner
+   (``search.resume``);
 4. the search (``Tuner.fit``), then the confirmation: the top configurations trained again
    with more seeds, and the winners' scoring runs (``search.confirm``);
 5. the wrap-up (``finish``): ``trials.csv`` (``search.table``), test scoring, the only time
@@ -22,7 +23,8 @@ from pathlib import Path
 import pandas as pd
 
 from handreid.errors import HandReIDError
-from search.launch import build_tuner, check_resources, init_ray, prepare_data, use_study_file
+from search.assets import prepare_assets
+from search.launch import build_tuner, check_resources, init_ray, use_study_file
 from search.resume import (
     SearchStopped,
     check_resume,
@@ -79,10 +81,10 @@ def run_search(space: SearchSpace, opts: SearchOptions) -> pd.DataFrame:
     from search.confirm import run_confirmation
 
     with stop_signals() as stop:
+        prepare_assets(space, opts)  # what every trial reads, once, where every node sees it
         if opts.resume:
             tuner = restore_tuner(space, opts, path)
         else:
-            prepare_data(space)
             tuner = build_tuner(space, opts)
         try:
             grid = tuner.fit()

@@ -2,8 +2,8 @@
 
 ``build_tuner`` puts together the trainable (``search.trainable``), the searcher and the
 scheduler (``search.strategy``, shared with the benchmarks), the concurrency limit and the
-callbacks (progress, scratch). ``prepare_data`` makes the synthetic data and the tiny
-pretrained CLIPs once in the driver, before any trial starts.
+callbacks (progress, scratch). What the trials read is prepared before, once, by
+``search.assets``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from handreid.errors import HandReIDError
+from search.assets import assets_location
 from search.rundir import (
     SCRATCH,
     STUDY_FILE,
@@ -115,8 +116,12 @@ def make_trainable(space: SearchSpace, opts: SearchOptions, run_dir: Path, fn=No
     if gpus == 0:
         extra["train.cpu"] = True
     scratch = None if is_uri(opts.storage) else str(run_dir / SCRATCH)
-    trainable = tune.with_parameters(
-        fn or run_trial, space=space, extra=extra, scratch_root=scratch
+    trainable = tune.with_parameters(  # assets: what the driver prepared (search.assets)
+        fn or run_trial,
+        space=space,
+        extra=extra,
+        scratch_root=scratch,
+        assets=assets_location(opts),
     )
     return tune.with_resources(trainable, {"cpu": cpus, "gpu": gpus})
 
@@ -168,21 +173,3 @@ def use_study_file(opts: SearchOptions) -> None:
     path = local_run_dir(opts) / STUDY_FILE
     optuna_search.use_study_file(study_name(opts), path, snapshot=is_uri(opts.storage))
 
-
-def prepare_data(space: SearchSpace) -> None:
-    """Generate synthetic data, and the tiny CLIPs pretrained here when the space uses them
-    (``model.pretrained: tiny-synth``), once in the driver, with progress, so trials do not
-    start by racing for them."""
-    from handreid.data.build import resolve_root
-    from handreid.models.pretrain_tiny import prepare
-
-    resolve_root(space.base.data)
-    prepare(space.trial_config({}).model.pretrained, backbone_choices(space))
-
-
-def backbone_choices(space: SearchSpace) -> list[str]:
-    """Every backbone a trial of the space may train."""
-    for param in space.params:
-        if param.key == "model.backbone":
-            return list(dict.fromkeys(c for branch in param.branches for c in branch.choices))
-    return [space.trial_config({}).model.backbone]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from handreid.config import dump_config
 from handreid.errors import HandReIDError
+from search.assets import assets_location, attached
 from search.launch import trial_resources
 from search.rundir import scratch_root
 from search.table import top_k
@@ -36,7 +37,7 @@ def evaluate_top_k(space, opts, table, results, run_dir: Path) -> dict[str, dict
         if result.checkpoint is None:
             continue
         cfg = space.trial_config(result.config, {"train.cpu": gpus == 0})
-        ref = task.remote(cfg, result.checkpoint, scratch_root(opts))
+        ref = task.remote(cfg, result.checkpoint, scratch_root(opts), assets_location(opts))
         jobs[trial_id] = (cfg, result.checkpoint, ref)
     out: dict[str, dict] = {}
     best_seen: set[str] = set()
@@ -68,11 +69,12 @@ def test_metrics(ref, trial_id: str) -> dict:
         return {"error": line}
 
 
-def evaluate_checkpoint(cfg, checkpoint, scratch: str | None) -> dict:
-    """The test protocol on a trial's best weights (rebuilt over the pretrained source)."""
+def evaluate_checkpoint(cfg, checkpoint, scratch: str | None, assets: str | None = None) -> dict:
+    """The test protocol on a trial's best weights (rebuilt over the pretrained source, read
+    from the run's ``assets`` as the trials read it)."""
     from handreid.train.trainer import evaluate_test
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, attached(assets, cfg):
         fetch_best(checkpoint, scratch, Path(tmp) / "best.pt")
         result = evaluate_test(cfg, tmp)
     return {k: v for k, v in result.items()}

@@ -25,6 +25,7 @@ import torch
 
 from handreid.errors import HandReIDError
 from handreid.train.checkpoint import atomic_link, atomic_save
+from search.assets import attached
 from search.objective import BestSoFar, judged_from
 from search.space import SearchSpace
 
@@ -190,9 +191,11 @@ def run_trial(
     extra: dict[str, Any],
     scratch_root: str | None,
     state_key: str | None = None,
+    assets: str | None = None,
 ) -> None:
-    """One trial. With ``scratch_root``, epoch states are kept as Tune keeps checkpoints:
-    the ``tune.checkpoints_to_keep`` newest, and the best epoch each of them names.
+    """One trial; ``assets``: where the driver put what it reads (``search.assets``). With
+    ``scratch_root``, epoch states are kept as Tune keeps checkpoints: the
+    ``tune.checkpoints_to_keep`` newest, and the best epoch each of them names.
     ``state_key`` names the state folder (default: the Tune trial id); the confirmation
     names it after the run (configuration and seed), so that a run Tune has to create again
     after a driver crash finds the state of the one it replaces."""
@@ -247,7 +250,8 @@ def run_trial(
             bests.append(best_epoch)
             drop_states(out, set(bests[-keep:]), last=keep)
 
-    train(cfg, out, report=report, evaluate_on_test=False, raise_oom=True)  # OOM: retried
+    with attached(assets, cfg):  # the driver's inputs, read only; never built here
+        train(cfg, out, report=report, evaluate_on_test=False, raise_oom=True)  # OOM: retried
     if durable:
         slim_best(out)
     else:  # everything worth keeping is in Tune's checkpoints

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 from filelock import FileLock
 
+from handreid.cache import cache_root, require
 from handreid.data.hands11k import (
     CSV_NAME,
     aspect_records,
@@ -22,15 +22,19 @@ from handreid.data.synth import MARKER, RENDER_VERSION, generate, write_marker
 from handreid.errors import DataError
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("HANDREID_CACHE", Path.home() / ".cache" / "handreid"))
+def synthetic_dir(synth_cfg) -> Path:
+    """Where the synthetic dataset the config describes is cached (built or not)."""
+    described = {**asdict(synth_cfg), "render_version": RENDER_VERSION}
+    key = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_root() / "synth" / key
 
 
 def synthetic_root(synth_cfg) -> Path:
     """Generate (once, under a lock) the synthetic dataset the config describes."""
-    described = {**asdict(synth_cfg), "render_version": RENDER_VERSION}
-    key = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:12]
-    root = cache_root() / "synth" / key
+    root = synthetic_dir(synth_cfg)
+    if (root / CSV_NAME).is_file() and (root / MARKER).is_file():
+        return root  # built: no lock (a read-only copy may not allow one)
+    require(root / CSV_NAME, "the synthetic data that data.synth describes")
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root) + ".lock"):
         if not (root / CSV_NAME).is_file():

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from handreid.cache import cache_root, require
 from handreid.errors import HandReIDError
 from handreid.models.registry import (
     SYNTH_PRETRAINED,
@@ -70,10 +71,9 @@ DEFAULT_SETTINGS = PretrainSettings()  # what model.pretrained=tiny-synth means
 
 def cache_file(backbone: str, settings: PretrainSettings | None = None) -> Path:
     """Where the weights for ``backbone`` and ``settings`` are cached."""
-    from handreid.data.build import cache_root
+    from handreid.data.synth import RENDER_VERSION
 
     settings = settings or DEFAULT_SETTINGS
-    from handreid.data.synth import RENDER_VERSION
 
     doc = {
         "backbone": backbone,
@@ -97,6 +97,9 @@ def ensure_pretrained(backbone: str, settings: PretrainSettings | None = None) -
             f"not {backbone}"
         )
     path = cache_file(backbone, settings)
+    if path.is_file():
+        return path  # built: no lock (a read-only copy may not allow one)
+    require(path, f"the {SYNTH_PRETRAINED} weights of {backbone}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if not path.is_file():

@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from handreid.cache import cache_root, may_build, require
 from handreid.errors import HandReIDError
 from handreid.models.registry import SYNTH_PRETRAINED, _quiet_create, available_backbones
 
@@ -80,7 +81,6 @@ def build_clip(
     """Create an open_clip CLIP model; ``pretrained`` is a tag (``openai``), a file, ``none`` or
     ``tiny-synth`` (the tiny backbones pretrained on synthetic hands, built on first use);
     ``activation`` is ``auto`` (what the weights were trained with), ``gelu`` or ``quick_gelu``."""
-    import open_clip
 
     if name not in available_backbones():
         raise KeyError(f"unknown backbone {name!r}; valid: {', '.join(available_backbones())}")
@@ -93,26 +93,81 @@ def build_clip(
         return _from_file(name, path, activation, f"the {SYNTH_PRETRAINED} weights in {path}")
     if is_checkpoint_path(pretrained):
         return _from_file(name, Path(pretrained), activation)
-    tags = open_clip.list_pretrained_tags_by_model(name)
-    if pretrained not in tags:
-        raise HandReIDError(
-            f"no pretrained tag {pretrained!r} for {name}; known tags: {', '.join(tags) or 'none'}"
-        )
+    check_tag(name, pretrained)
     weights = f"the {pretrained!r} weights of {name}"
-    quick_gelu = resolve_quick_gelu(activation, tag_quick_gelu(name, pretrained), weights)
+    trained = tag_quick_gelu(name, pretrained)
+    fetched = fetched_file(name, pretrained)
+    if fetched.is_file() or not may_build():  # fetched once (a search's driver): no download
+        if not fetched.is_file():
+            require(fetched, weights)
+        return _from_file(name, fetched, activation, f"{weights} in {fetched}", trained)
+    return _download(name, pretrained, cache_dir, resolve_quick_gelu(activation, trained, weights))
+
+
+def check_tag(name: str, tag: str) -> None:
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if tag not in tags:
+        raise HandReIDError(
+            f"no pretrained tag {tag!r} for {name}; known tags: {', '.join(tags) or 'none'}"
+        )
+
+
+def _download(name: str, tag: str, cache_dir: str | None, quick_gelu: bool | None):
+    """open_clip's ``tag`` weights of ``name``, through its download (and its own cache)."""
     try:
-        return _quiet_create(name, pretrained, cache_dir, quick_gelu)
+        return _quiet_create(name, tag, cache_dir, quick_gelu)
     except Exception as err:  # network or hub failure: say how to run offline
         raise HandReIDError(
-            f"could not load {name} weights {pretrained!r} ({type(err).__name__}); on an offline "
+            f"could not load {name} weights {tag!r} ({type(err).__name__}); on an offline "
             f"machine download them elsewhere and pass the file: --set model.pretrained=/path/to/"
-            f"{name}-{pretrained}.pt (or set model.cache_dir to a filled open_clip cache)"
+            f"{name}-{tag}.pt (or set model.cache_dir to a filled open_clip cache)"
         ) from None
 
 
-def _from_file(name: str, path: Path, activation: str, weights: str | None = None):
-    """A local checkpoint: OpenAI's format goes into QuickGELU towers; others through open_clip.
-    ``weights`` names them in messages (default: the OpenAI weights in the file)."""
+def fetched_file(name: str, tag: str) -> Path:
+    """Where ``fetch_pretrained`` keeps the ``tag`` weights of ``name``."""
+    return cache_root() / "pretrained" / f"{name}-{tag}.pt"
+
+
+def fetch_pretrained(name: str, tag: str, cache_dir: str | None = None) -> Path:
+    """open_clip's ``tag`` weights of ``name`` as one file in the cache, in OpenAI's format
+    (downloaded once, under a lock). A search's driver fetches them before any trial; the
+    trials then load that file (``build_clip`` prefers it) and never download."""
+    import torch
+    from filelock import FileLock
+
+    from handreid.models.pretrain_tiny import openai_state_dict
+
+    path = fetched_file(name, tag)
+    if path.is_file():
+        return path
+    weights = f"the {tag!r} weights of {name}"
+    require(path, weights)
+    check_tag(name, tag)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not path.is_file():
+            log.info("fetching %s into %s (once)", weights, path)
+            clip = _download(name, tag, cache_dir, tag_quick_gelu(name, tag))
+            tmp = path.with_suffix(".tmp")
+            torch.save(openai_state_dict(clip), tmp)
+            tmp.replace(path)
+    return path
+
+
+def _from_file(
+    name: str,
+    path: Path,
+    activation: str,
+    weights: str | None = None,
+    trained_quick_gelu: bool | None = True,
+):
+    """A local checkpoint: OpenAI's format goes into QuickGELU towers (or what
+    ``trained_quick_gelu`` says the weights were trained with, for fetched tags); others
+    through open_clip. ``weights`` names them in messages (default: the OpenAI weights in
+    the file)."""
     if not path.is_file():
         raise HandReIDError(f"pretrained checkpoint not found: {path}")
     state = read_openai_state_dict(path)
@@ -126,8 +181,10 @@ def _from_file(name: str, path: Path, activation: str, weights: str | None = Non
             )
         return _quiet_create(name, str(path), None, resolve_quick_gelu(activation, None, ""))
     weights = weights or f"the OpenAI weights in {path}"
-    clip = _quiet_create(name, None, None, resolve_quick_gelu(activation, True, weights))
-    log.info("loading %s into %s with QuickGELU towers", weights, name)
+    quick_gelu = resolve_quick_gelu(activation, trained_quick_gelu, weights)
+    clip = _quiet_create(name, None, None, quick_gelu)
+    towers = {True: "QuickGELU", False: "GELU"}.get(quick_gelu, "its config's")
+    log.info("loading %s into %s with %s towers", weights, name, towers)
     try:
         missing, unexpected = clip.load_state_dict(state, strict=False)
     except RuntimeError as err:  # a shape mismatch: another architecture's weights
