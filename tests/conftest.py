@@ -10,11 +10,79 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_CSV = Path(__file__).parent / "data" / "HandInfo.csv"  # the real 11k metadata
 TINY_YML = REPO / "spaces" / "base" / "tiny.yml"
 
+# ------------------------------------------------------------------ running in parallel
+# `make test` runs the suite in two pytest-xdist workers (`-n 2 --dist loadgroup`). Each
+# worker is its own session: what is built once per session (the cache, OpenAI-format
+# weights) goes to a folder the workers share, under file locks; the tests of a module that
+# share one Ray instance or cluster run in one worker; the longest tests start first.
+
+LONGEST_FIRST = (  # modules whose tests took the longest (BENCHMARKS.md, "Test suite time")
+    "tests/test_demo.py",
+    "tests/test_jobs.py",
+    "tests/test_full_size.py",
+    "tests/test_new_head.py",
+)
+# module-scoped Ray fixtures (conftest's ray_local, test_reliability's cluster, test_auth's
+# server): a module's tests that use one run in one worker, on one instance
+MODULE_RAY = ("ray_local", "cluster", "server")
+
+
+def pytest_configure(config) -> None:
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:  # the workers share the cores: one worker's torch must not take them all
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Longest tests first (the longest modules, then those marked slow; each module keeps
+    its order), so that the last test to start is a short one; tests sharing a
+    module-scoped Ray fixture form one xdist group."""
+
+    def rank(item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        if path in LONGEST_FIRST:
+            return LONGEST_FIRST.index(path)
+        return len(LONGEST_FIRST) + (item.get_closest_marker("slow") is None)
+
+    items.sort(key=rank)  # stable: a module's tests stay in their order
+    for item in items:
+        if set(MODULE_RAY) & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
+def shared_dir(tmp_path_factory, name: str) -> Path:
+    """A folder of this test run that every xdist worker sees (the session's own otherwise)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = root / name
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU has bf16 matrix units (avx512_bf16 or AMX) and torch uses them.
+    Without them torch runs bf16 matmuls in its reference GEMM: minutes per step at full
+    size. ``HANDREID_ASSUME_NO_BF16=1`` takes the no-bf16 path on any CPU."""
+    if os.environ.get("HANDREID_ASSUME_NO_BF16") == "1":
+        return False
+    import torch
+
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return False
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:  # not Linux: torch's own check alone
+        return True
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
-    """Synthetic datasets and stage-1 results go to a per-session cache, shared by tests."""
-    cache = tmp_path_factory.mktemp("handreid-cache")
+    """Synthetic datasets, pretrained tiny CLIPs and stage-1 results go to a cache of this
+    test run, shared by its tests (and its xdist workers: each input is built under a lock)."""
+    cache = shared_dir(tmp_path_factory, "handreid-cache")
     old = os.environ.get("HANDREID_CACHE")
     os.environ["HANDREID_CACHE"] = str(cache)
     yield cache
@@ -22,6 +90,28 @@ def _isolated_cache(tmp_path_factory):
         os.environ.pop("HANDREID_CACHE", None)
     else:
         os.environ["HANDREID_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def openai_file(tmp_path_factory):
+    """``get(backbone)``: the path of seeded random weights in OpenAI's TorchScript format
+    (bench.openai_weights), written once per test run (~350 MB for ViT-B-16, ~250 MB for
+    RN50) and read by the real-size tests of every worker."""
+    from filelock import FileLock
+
+    from bench.openai_weights import write_openai_weights
+
+    root = shared_dir(tmp_path_factory, "openai-weights")
+
+    def get(backbone: str) -> Path:
+        path = root / f"{backbone}.pt"
+        with FileLock(str(path) + ".lock"):
+            if not path.is_file():
+                write_openai_weights(backbone, path.with_suffix(".part"))
+                path.with_suffix(".part").rename(path)
+        return path
+
+    return get
 
 
 def tiny_overrides(**extra) -> dict:
@@ -230,6 +320,7 @@ def ray_local():
     import ray
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    # address="local": a new instance of this worker's own, never one another test started
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()

@@ -84,8 +84,8 @@ def test_openai_file_builds_quick_gelu_towers(tmp_path, backbone, fmt):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["ViT-B-16", "RN50"])
-def test_real_size_openai_file_matches_open_clips_openai_loader(tmp_path, backbone):
-    path = write_openai_weights(backbone, tmp_path / f"{backbone}.pt")
+def test_real_size_openai_file_matches_open_clips_openai_loader(openai_file, backbone):
+    path = openai_file(backbone)  # the file the full-size runs train from (conftest)
     model = check_quick_gelu_towers(backbone, path, 224)
     with warnings.catch_warnings():  # open_clip's own reader of OpenAI files agrees
         warnings.simplefilter("ignore", FutureWarning)
