@@ -29,8 +29,10 @@ demo: $(STAMP)
 	HANDREID_CACHE=$${HANDREID_CACHE:-$(CURDIR)/.cache/handreid} \
 	  $(VENV)/bin/handreid-search --space spaces/demo.yml --name demo
 
+# Two pytest-xdist workers on the 2 cores CI has; tests sharing a module's Ray instance stay
+# in one worker (tests/conftest.py). Plain `pytest` still runs everything in one process.
 test: $(STAMP) chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
