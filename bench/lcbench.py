@@ -27,6 +27,7 @@ refused here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -35,7 +36,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -482,9 +483,12 @@ class Job:
     strategy: str
     seeds: list[int]
     concurrency: int
-    space_file: str
+    space: Any  # the LCBench SearchSpace, read from the shipped file once, in the main process
     budget: int = EPOCHS * FULL_TRIALS
-    tune_changes: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}-{self.strategy}-{len(self.seeds)}-{self.concurrency}"
 
 
 _SERVERS: Servers | None = None
@@ -497,7 +501,7 @@ def run_job(job: Job) -> dict:
     global _SERVERS
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _SERVERS = _SERVERS or Servers()
-    space = lcbench_space(Path(job.space_file), **job.tune_changes)
+    space = job.space
     curve_of = _SERVERS.surrogate().objective(job.task)
     searches, start = [], time.perf_counter()
     for seed in job.seeds:
@@ -520,12 +524,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     seeds = list(range(args.searches or (3 if args.quick else 20)))
     changes = json.loads(args.tune) if args.tune else {}
-    jobs = [
-        Job(t, s, seeds, args.concurrency, str(args.space), tune_changes=changes)
-        for t in tasks
-        for s in args.strategies
-    ]
-    done = run_jobs(jobs, args.workers)
+    space = lcbench_space(args.space, **changes)
+    jobs = [Job(t, s, seeds, args.concurrency, space) for t in tasks for s in args.strategies]
+    done = run_jobs(jobs, args.workers, args.resume)
     servers, n = Servers(), 5_000 if args.quick else 20_000  # the reference's random sample
     refs = {
         t: reference(servers.surrogate(), t, [d for d in done if d["task"] == t], n) for t in tasks
@@ -537,15 +538,32 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_jobs(jobs: list[Job], workers: int) -> list[dict]:
-    from tqdm import tqdm
-
-    if workers <= 1:
-        return [run_job(j) for j in tqdm(jobs, desc="lcbench", unit="job")]
+def run_jobs(jobs: list[Job], workers: int, resume: bool = False) -> list[dict]:
+    """Every job's searches, each kept in bench/results/lcbench_jobs/ as it ends; with
+    ``resume``, the jobs kept there by an earlier run of the same settings are not rerun."""
     import multiprocessing as mp
 
-    with mp.get_context("spawn").Pool(workers) as pool:
-        return list(tqdm(pool.imap(run_job, jobs), total=len(jobs), desc="lcbench", unit="job"))
+    from tqdm import tqdm
+
+    from bench.common import RESULTS
+
+    folder = RESULTS / "lcbench_jobs"
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = {
+        j.key: json.loads((folder / f"{j.key}.json").read_text())
+        for j in jobs
+        if resume and (folder / f"{j.key}.json").is_file()
+    }
+    todo = [j for j in jobs if j.key not in kept]
+    with mp.get_context("spawn").Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        results = pool.imap_unordered(run_job, todo) if pool else map(run_job, todo)
+        for result in tqdm(results, total=len(todo), desc="lcbench", unit="job"):
+            job = next(
+                j for j in todo if (j.task, j.strategy) == (result["task"], result["strategy"])
+            )
+            (folder / f"{job.key}.json").write_text(json.dumps(result))
+            kept[job.key] = result
+    return [kept[j.key] for j in jobs]
 
 
 def reference(surrogate: Surrogate, task: str, done: list[dict], n: int = 20_000) -> Reference:
@@ -703,6 +721,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--tune", help="JSON of TuneSettings changes, e.g. '{\"rungs\": [9]}'")
     r.add_argument("--workers", type=int, default=1, help="processes")
     r.add_argument("--json", help="also write the results here")
+    r.add_argument("--resume", action="store_true", help="keep the jobs an earlier run ended")
     m = sub.add_parser("markdown", help="the last run's table")
     m.add_argument("--json", help="a results file (default: bench/results/lcbench.json)")
     args = parser.parse_args(argv)
