@@ -372,7 +372,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
+        for tp_ in inner[:-1]:  # e.g. ``float | Literal["auto"]``: the first that takes it
+            try:
+                return _coerce(tp_, value, key)
+            except ConfigError:
+                pass
+        return _coerce(inner[-1], value, key)
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:

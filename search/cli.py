@@ -44,7 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-concurrent", type=int, help="trials running at once")
     p.add_argument("--cpus-per-trial", type=float)
-    p.add_argument("--gpus-per-trial", type=float, help="may be fractional, e.g. 0.25")
+    p.add_argument(
+        "--gpus-per-trial",
+        type=gpus_per_trial,
+        help="may be fractional, e.g. 0.25; auto: each trial's share from its configuration's "
+        "memory estimate (the real spaces' default)",
+    )
+    p.add_argument(
+        "--gpu-memory",
+        type=float,
+        metavar="GIB",
+        help="memory of the cluster's smallest GPU, for auto (default: asked of the GPUs)",
+    )
     p.add_argument("--no-stage1-cache", action="store_true", help="recompute stage 1 per trial")
     p.add_argument(
         "--set",
@@ -110,8 +121,10 @@ def check_args(args) -> None:
             raise HandReIDError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
         raise HandReIDError("--cpus-per-trial must be > 0")
-    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+    if args.gpus_per_trial not in (None, "auto") and args.gpus_per_trial < 0:
         raise HandReIDError("--gpus-per-trial must be >= 0")
+    if args.gpu_memory is not None and args.gpu_memory <= 0:
+        raise HandReIDError(f"--gpu-memory must be > 0 GiB, got {args.gpu_memory}")
     if args.name and not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name):
         raise HandReIDError(f"--name may use letters, digits, '.', '_' and '-' only: {args.name!r}")
     if args.data_root and not Path(args.data_root).is_dir():
@@ -120,6 +133,16 @@ def check_args(args) -> None:
         raise HandReIDError("--retry-failed applies to --resume only")
     if args.retry_failed and args.confirm:  # it would rerun failed trials of a finished search
         raise HandReIDError("--retry-failed and --confirm: resume the search first, then confirm")
+
+
+def gpus_per_trial(text: str) -> float | str:
+    """``--gpus-per-trial``: a number (>= 0: ``check_args``), or auto."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
 
 
 def check_paths(space) -> None:
@@ -312,6 +335,7 @@ def search(args, argv: list[str]) -> int:
         max_concurrent=args.max_concurrent,
         cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial,
+        gpu_memory=args.gpu_memory,
         stage1_cache=not args.no_stage1_cache,
         verbose=1 if args.verbose else 0,
         progress=not args.quiet,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from handreid.errors import HandReIDError
+from search import resources
 from search.assets import assets_location
 from search.rundir import (
     SCRATCH,
@@ -123,14 +124,24 @@ def make_trainable(space: SearchSpace, opts: SearchOptions, run_dir: Path, fn=No
         scratch_root=scratch,
         assets=assets_location(opts),
     )
+    if resources.asked(space, opts) == resources.AUTO:  # a share by the trial's memory
+        return tune.with_resources(trainable, auto_shares(space, opts, cpus, extra))
     return tune.with_resources(trainable, {"cpu": cpus, "gpu": gpus})
 
 
 def trial_resources(space: SearchSpace, opts: SearchOptions) -> tuple[float, float]:
     """CPUs and GPUs of one trial, and of one top-k evaluation task: the flags, else the space's."""
     cpus = opts.cpus_per_trial or space.tune.cpus_per_trial
-    gpus = opts.gpus_per_trial if opts.gpus_per_trial is not None else space.tune.gpus_per_trial
+    gpus = resources.asked(space, opts)
+    if gpus == resources.AUTO:  # the largest share any trial of the space gets
+        gpus = auto_shares(space, opts, cpus).largest
     return cpus, gpus
+
+
+def auto_shares(space: SearchSpace, opts: SearchOptions, cpus: float, extra=None):
+    """``--gpus-per-trial auto``: each trial's GPU share from its memory estimate."""
+    gpu_bytes = resources.gpu_memory(opts.gpu_memory)
+    return resources.gpu_shares(space, cpus, gpu_bytes, extra)
 
 
 def check_resources(space: SearchSpace, opts: SearchOptions) -> None:

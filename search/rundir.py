@@ -37,7 +37,8 @@ class SearchOptions:
     num_samples: int | None = None
     max_concurrent: int | None = None
     cpus_per_trial: float | None = None
-    gpus_per_trial: float | None = None
+    gpus_per_trial: float | str | None = None  # "auto": by each trial's memory estimate
+    gpu_memory: float | None = None  # GiB of the smallest GPU (default: asked of the GPUs)
     stage1_cache: bool = True
     verbose: int = 0  # 1: Ray Tune's live trial tables
     progress: bool = True  # a line per finished trial, and a progress bar on a terminal

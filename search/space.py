@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from handreid.config import (
     Config,
@@ -46,6 +46,7 @@ from handreid.config import (
 from handreid.errors import ConfigError
 
 TYPES = ("float", "int", "categorical", "bool")
+GPUS = "must be >= 0 or auto (a share sized by the trial's memory estimate)"
 
 
 def config_key(name: str) -> str:
@@ -138,7 +139,9 @@ class TuneSettings:
     judge_after: float = 0.0
     max_epochs: int | None = None  # default: the base config's train.epochs
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    # "auto": each trial's share of a GPU from its configuration's memory estimate
+    # (search.resources)
+    gpus_per_trial: float | Literal["auto"] = 0.0
     max_failures: int = 2
     top_k: int = 3
     checkpoints_to_keep: int = 2
@@ -527,7 +530,7 @@ def _parse_tune(doc: dict) -> TuneSettings:
             "must be >= grace_period",
         ),
         (tune.cpus_per_trial > 0, "cpus_per_trial", "must be > 0"),
-        (tune.gpus_per_trial >= 0, "gpus_per_trial", "must be >= 0"),
+        (tune.gpus_per_trial == "auto" or tune.gpus_per_trial >= 0, "gpus_per_trial", GPUS),
         (tune.max_concurrent >= 1, "max_concurrent", "must be >= 1"),
         (tune.top_k >= 0, "top_k", "must be >= 0"),
         (tune.confirm.top_k >= 0, "confirm.top_k", "must be >= 0"),
