@@ -172,6 +172,7 @@ def write_manifest(location: str, doc: dict[str, Any]) -> None:
         import pyarrow.fs
 
         fs, path = pyarrow.fs.FileSystem.from_uri(location)
+        fs.create_dir(path, recursive=True)
         with fs.open_output_stream(f"{path}/{MANIFEST}") as f:
             f.write(text.encode())
         return
