@@ -1,4 +1,4 @@
-"""Search efficiency on LCBench, YAHPO Gym's surrogate of 35 OpenML tasks' learning curves:
+"""Search efficiency on LCBench, YAHPO Gym's surrogate of 34 OpenML tasks' learning curves:
 the shipped strategy against random search, random + ASHA, Optuna's TPE + HyperbandPruner
 and DEHB, side by side in one run (issue 28).
 
@@ -13,7 +13,7 @@ process speaking JSON lines. The surrogate's data is vendored in
 ``bench/data/yahpo_lcbench`` (Apache-2.0, see its SOURCE.txt).
 
 A search has a budget of 30 full trials in epochs (30 x 52) and runs ``--concurrency``
-trials at a time (the shipped space's ``tune.max_concurrent``: 4): every running trial
+trials at a time (default 4, the real spaces' ``tune.max_concurrent``): every running trial
 trains one epoch per step, in the order the trials started, and a trial that ends frees
 its slot for the next suggestion, through the same calls Tune makes (``TuneLoop``). A
 trial reports its best-so-far validation accuracy after each epoch, as the trainable
