@@ -31,7 +31,7 @@ def test_the_demo_searches_learns_and_reports_both_backbones(tmp_path):
         ],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1800,  # 4-6 min alone; make test runs it beside the other xdist worker
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]
