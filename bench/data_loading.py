@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from bench.common import emit
-from handreid.data.dataset import ImageDataset
+from handreid.data.dataset import ImageDataset, decode_all
 from handreid.data.hands11k import aspect_records, read_handinfo
 from handreid.data.prepare import prepare
 from handreid.data.synth import generate
@@ -57,10 +57,11 @@ def main() -> None:
         prepare(raw, prepared, short_side=256, workers=workers)
         prepare_s = time.perf_counter() - start
         items = aspect_records(read_handinfo(raw / "HandInfo.csv"), "dorsal_r").items
+        decoded = decode_all(prepared, items, SIZE, workers)
         rates = {
             "raw_1600x1200": rate(ImageDataset(raw, items, tf), workers),
             "prepared_256": rate(ImageDataset(prepared, items, tf), workers),
-            "in_memory": rate(ImageDataset(prepared, items, tf_cached, cache_size=SIZE), workers),
+            "in_memory": rate(ImageDataset(prepared, items, tf_cached, decoded=decoded), workers),
         }
         raw_kb = sum(p.stat().st_size for p in (raw / "Hands").iterdir()) / len(items) / 1024
     line = (

@@ -72,7 +72,9 @@ class DataConfig:
     # a partial copy: use the listed images that exist (the identity split is computed on
     # them and split.json records it as non-standard); false: a missing image is an error
     subset: bool = False
-    in_memory: bool = False  # decode once, keep uint8 tensors
+    # the validation and training images, decoded once per run at the model's input size
+    # and kept (uint8) when they fit in this many MiB; 0: decode them on every pass
+    decode_cache_mib: int = 1024
     num_workers: int = 0
     flip_prob: float = 0.0  # off: a flipped right hand looks like a left one
     pad: int = 10
@@ -83,6 +85,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check(0.0 < self.test_fraction < 1.0, "test_fraction", "must be in (0, 1)")
         _check(self.num_workers >= 0, "num_workers", "must be >= 0")
+        _check(self.decode_cache_mib >= 0, "decode_cache_mib", "must be >= 0")
         for key in ("flip_prob", "random_erasing"):
             value = getattr(self, key)
             _check(0.0 <= value <= 1.0, key, f"must be a probability in [0, 1], got {value}")

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 from tqdm import tqdm
@@ -37,22 +37,24 @@ class ImageDataset(Dataset):
         transform: Callable[[torch.Tensor], torch.Tensor],
         labels: dict[str, int] | None = None,
         *,
-        cache_size: tuple[int, int] | None = None,
+        decoded: torch.Tensor | None = None,
     ):
+        """``decoded``: the images already decoded, one uint8 (3, H, W) row per item (see
+        :func:`decode_all`); ``transform`` then gets those instead of the files."""
         self.root = Path(root)
         self.items = list(items)
         self.transform = transform
         self.targets = [labels.get(it.pid, -1) if labels else -1 for it in self.items]
-        self.cache: list[torch.Tensor] | None = None
-        if cache_size is not None:
-            self.cache = preload(self.root, self.items, cache_size)
+        if decoded is not None and len(decoded) != len(self.items):
+            raise ValueError(f"{len(decoded)} decoded images for {len(self.items)} items")
+        self.decoded = decoded
 
     def __len__(self) -> int:
         return len(self.items)
 
     def image(self, index: int) -> torch.Tensor:
-        if self.cache is not None:
-            return self.cache[index]
+        if self.decoded is not None:
+            return self.decoded[index]
         return read_image(self.root / self.items[index].path)
 
     def __getitem__(self, key: int | tuple[int, int]):
@@ -67,10 +69,17 @@ class ImageDataset(Dataset):
             return self.transform(image), self.targets[index], index
 
 
-def preload(root: Path, items: Sequence[Item], size: tuple[int, int]) -> list[torch.Tensor]:
-    """Decode and resize every image once; keep uint8 tensors (no JPEG decode per epoch)."""
-    resize = v2.Resize(size, antialias=True)
-    out = []
-    for it in tqdm(items, desc="decode", leave=False, disable=len(items) < 500 or None):
-        out.append(resize(read_image(root / it.path)).contiguous())
+def decode_all(
+    root: Path, items: Sequence[Item], size: tuple[int, int], workers: int = 0
+) -> torch.Tensor:
+    """Decode every image once, resized to ``size`` as the transforms would: one uint8
+    (N, 3, H, W) tensor of N x 3 x H x W bytes, filled by ``workers`` loader processes."""
+    out = torch.empty((len(items), 3, *size), dtype=torch.uint8)
+    dataset = ImageDataset(root, items, v2.Resize(size, antialias=True))
+    # its own generator: starting the workers draws nothing from the global one
+    loader = DataLoader(dataset, batch_size=32, num_workers=workers, generator=torch.Generator())
+    for images, _labels, index in tqdm(
+        loader, desc="decode", leave=False, disable=len(items) < 500 or None
+    ):
+        out[index] = images
     return out

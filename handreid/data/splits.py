@@ -166,17 +166,22 @@ def gallery_all(main: DataSplit, others: list[DataSplit]) -> EvalProtocol:
     """Cross-aspect protocol: each split's gallery adds the other aspects' galleries.
 
     Identities of other aspects are offset (prefixed with the aspect), so an image of
-    the same person in another aspect is a distractor, never a match.
+    the same person in another aspect is a distractor, never a match. Of another aspect
+    only the images some split's gallery holds are kept: the protocol's images are the
+    ones it scores, so their features are all that is extracted.
     """
     images = list(main.test.images)
     galleries = [list(s.gallery) for s in main.test.splits]
     for other in others:
-        offset = len(images)
-        images.extend(Item(it.path, f"{other.aspect}:{it.pid}") for it in other.test.images)
         if len(other.test.splits) != len(galleries):
             raise ValueError("all aspects need the same number of splits")
+        used = sorted({int(i) for split in other.test.splits for i in split.gallery})
+        index = {old: len(images) + new for new, old in enumerate(used)}
+        for i in used:
+            it = other.test.images[i]
+            images.append(Item(it.path, f"{other.aspect}:{it.pid}"))
         for g, split in zip(galleries, other.test.splits):
-            g.extend(int(i) + offset for i in split.gallery)
+            g.extend(index[int(i)] for i in split.gallery)
     splits = [
         EvalSplit(query=s.query, gallery=np.array(g, dtype=np.int64))
         for s, g in zip(main.test.splits, galleries)
