@@ -9,7 +9,8 @@
    confirmation's compute as a fraction of the search's (``trial_seconds`` in trials.csv).
 2. ``cost``: the confirmation's share of the compute for each shipped space, from its
    settings: confirmation epochs (backbones x top_k x seeds x max_epochs) against the
-   search's expected epochs under its ASHA (each rung keeps 1/reduction_factor).
+   search's expected epochs under its ASHA (each rung keeps 1/reduction_factor;
+   ``search.plan.expected_search_epochs``, which ``handreid-search --plan`` prints).
 
     python -m bench.confirm_regret run [--searches 10]
     python -m bench.confirm_regret cost
@@ -108,22 +109,9 @@ def run(searches: int) -> None:
     emit("confirm_regret", "; ".join(parts), {"searches": rows})
 
 
-def expected_search_epochs(space) -> float:
-    """Expected training epochs of the search: every trial to the first rung, then a share
-    1/rf of those left at each further rung (ASHA's promotion rate)."""
-    t = space.tune
-    rungs = t.milestones(space.max_epochs)
-    epochs, alive, last = 0.0, 1.0, 0
-    for rung in rungs:
-        epochs += alive * (rung - last)
-        alive /= t.reduction_factor
-        last = rung
-    epochs += alive * (space.max_epochs - last)
-    return t.num_samples * epochs
-
-
 def cost() -> None:
-    from search.launch import backbone_choices
+    from search.assets import backbones as backbone_choices
+    from search.plan import expected_search_epochs
     from search.space import load_space
 
     parts, data = [], {}

@@ -54,7 +54,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpu-memory",
         type=float,
         metavar="GIB",
-        help="memory of the cluster's smallest GPU, for auto (default: asked of the GPUs)",
+        help="memory of the cluster's smallest GPU, for auto and --plan (default: asked of "
+        "the GPUs; --plan without a GPU: 80)",
+    )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="start nothing: print the trials, expected epochs, memory per trial, trials per "
+        "GPU, wall time and GPU-hours for the cluster (or --gpus N)",
+    )
+    p.add_argument("--gpus", type=int, metavar="N", help="with --plan: plan for N GPUs")
+    p.add_argument(
+        "--gpu-tflops",
+        type=float,
+        help="with --plan: a GPU's achieved bf16 TFLOP/s with trials packed (default: assumed)",
+    )
+    p.add_argument(
+        "--trial-tflops",
+        type=float,
+        help="with --plan: one trial's achieved TFLOP/s with a GPU to itself (default: assumed)",
     )
     p.add_argument("--no-stage1-cache", action="store_true", help="recompute stage 1 per trial")
     p.add_argument(
@@ -121,6 +139,10 @@ def check_args(args) -> None:
             raise HandReIDError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     if args.cpus_per_trial is not None and args.cpus_per_trial <= 0:
         raise HandReIDError("--cpus-per-trial must be > 0")
+    if args.gpus is not None and not args.plan:
+        raise HandReIDError("--gpus applies to --plan only (a search uses the cluster's)")
+    if args.gpus is not None and args.gpus < 0:
+        raise HandReIDError(f"--gpus must be >= 0, got {args.gpus}")
     if args.gpus_per_trial not in (None, "auto") and args.gpus_per_trial < 0:
         raise HandReIDError("--gpus-per-trial must be >= 0")
     if args.gpu_memory is not None and args.gpu_memory <= 0:
@@ -153,6 +175,30 @@ def check_paths(space) -> None:
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise HandReIDError(f"{space.source}: {missing[0]}{more}")
+
+
+def print_plan(space, args) -> None:
+    """``--plan``: the cost of the search on the cluster this machine sees (or --gpus)."""
+    from handreid.config import missing_paths
+    from search.plan import default_throughput, make_plan, plan_lines, seen_gpus
+
+    gpus, gpu_bytes, where = seen_gpus(args.gpus, args.gpu_memory, args.address)
+    plan = make_plan(
+        space,
+        gpus=gpus,
+        gpu_bytes=gpu_bytes,
+        asked=args.gpus_per_trial if args.gpus_per_trial is not None else space.tune.gpus_per_trial,
+        num_samples=args.num_samples,
+        max_concurrent=args.max_concurrent,
+        confirm_seeds=args.confirm_seeds,
+        score_seeds=args.score_seeds,
+        throughput=default_throughput(args.gpu_tflops, args.trial_tflops),
+    )
+    print(f"GPUs: {where}")
+    for line in missing_paths(space.trial_config({})):
+        print(f"note: {line} here (a search would refuse to start)")
+    for line in plan_lines(plan):
+        print(line)
 
 
 def check_sets(space, keys) -> None:
@@ -314,6 +360,9 @@ def search(args, argv: list[str]) -> int:
     space, name, storage, run_dir = search_target(args)
     for line in space.warnings:
         print(f"warning: {line}")
+    if args.plan:  # nothing starts
+        print_plan(space, args)
+        return 0
     check_paths(space)
     # Tune's own output (its experiment box, live tables, log lines) only with --verbose
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if args.verbose else "0")
