@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # GPU check for one H100 (no network), run as ONE command, in well under 8 minutes:
+#  0. its imports first (bench.gpu_imports): a missing module (the device image has torch and
+#     accelerate, not open_clip, ftfy or wcwidth) stops it at once, exit 3, naming the wheels
+#     to bring into .whl/ and the `pip download` that fetches them;
 #  1. the real trainer CLI (handreid.train.cli), bf16, one stage-1 and one stage-2 epoch
 #     on generated hands (64 ids x 6 images at 256x192, read at 224 px), for ViT-B-16 and
 #     RN50, with weights read from a local OpenAI-format file (bench.openai_weights). Any
@@ -7,12 +10,16 @@
 #  2. stage-2 step throughput (bench.gpu_throughput, random init, batch 32): images/s,
 #     peak memory, and MFU for bf16; ViT-B-16 and RN50 bf16, ViT-B-16 fp32, 2 and 4
 #     concurrent ViT-B-16 bf16 trials (the single run is the 1-trial figure).
-#  3. one summary line and $OUT/gpu_summary.json.
+#  3. the memory estimate (handreid.train.memory) against torch.cuda.max_memory_allocated of
+#     one stage-1 and two stage-2 steps, ViT-B-16 and RN50, whole tower and last block
+#     (bench.memory_estimate --device cuda);
+#  4. one summary line and $OUT/gpu_summary.json.
 # What comes back from $OUT: gpu.txt, train-<backbone>.log, throughput.log,
-# gpu_throughput.jsonl, gpu_summary.json. Weights, the synthetic data (HANDREID_CACHE) and
+# gpu_throughput.jsonl, memory.log, memory_estimate.json, gpu_summary.json. Weights, the synthetic data (HANDREID_CACHE) and
 # the run directories go to $OUT/scratch, deleted on exit (too many and too large to copy).
-# Needs torch and accelerate (on the device image) and open_clip + ftfy: wheels in .whl/
-# are installed first when present (see the device README).
+# Needs torch and accelerate (on the device image) and open_clip, ftfy, wcwidth (and the rest
+# of bench/gpu_imports.py's list): wheels in .whl/ are installed first when present (see the
+# device README); step 0 names any that are still missing.
 #   bash bench/gpu_check.sh [OUT_DIR]
 #   PEAK_TFLOPS=756 bash bench/gpu_check.sh ...   # override the assumed bf16 peak
 # CPU smoke test of the same commands at tiny sizes (no GPU, random init unless
@@ -42,14 +49,23 @@ if [[ ${GPU_CHECK_CPU_SMOKE:-0} == 1 ]]; then
   DEV=(--cpu)
   SETS+=(data.synth.ids=8 data.synth.per_id=4 train.batch_size=8 train.stage1_batch_size=8)
   THR=(--cpu --batch 8 --warmup 1 --steps 1 --peak-tflops 1)
+  MEM=(--device cpu --backbone tiny-vit tiny-rn --unfreeze -1 1 --batch 8 --stage1-batch 8)
   WEIGHTS=$([[ -f bench/openai_weights.py ]] && echo file || echo none)
 else
   DEV=()
   SETS+=(data.synth.ids=64 data.synth.per_id=6)
   THR=(${PEAK_TFLOPS:+--peak-tflops "$PEAK_TFLOPS"})
+  MEM=(--device cuda --backbone ViT-B-16 RN50 --unfreeze -1 1)
   WEIGHTS=file
 fi
 stamp() { echo "== $* ($SECONDS s)"; }
+
+# 0. every import the checks need, before anything runs
+stamp "imports"
+if ! "$PY" -m bench.gpu_imports; then
+  echo "gpu_check: stopped before any check: bring the wheels named above" >&2
+  exit 3
+fi
 
 stamp "device"
 if command -v nvidia-smi >/dev/null; then
@@ -90,6 +106,10 @@ else
   echo "skipped 4 concurrent trials: ${SECONDS}s used" | tee -a "$OUT/throughput.log"
 fi
 
-# 3. summary
+# 3. the memory estimate against the measured peak
+stamp "memory" | tee "$OUT/memory.log"
+"$PY" -m bench.memory_estimate "${MEM[@]}" --out "$OUT" 2>&1 | tee -a "$OUT/memory.log"
+
+# 4. summary
 "$PY" -m bench.gpu_throughput summary --out "$OUT" | tee -a "$OUT/throughput.log"
 stamp "done" | tee -a "$OUT/throughput.log"
