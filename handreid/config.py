@@ -278,10 +278,16 @@ class TrainConfig:
     # directory; null = ~/.cache/handreid/stage1
     stage1_cache: str | None = field(default=None, metadata=CACHE_PATH)
     stage1_reuse: bool = True  # false: always compute stage 1 (no cache read or write)
-    keep_checkpoints: bool = True  # write per-epoch resumable state
+    keep_checkpoints: bool = True  # write resumable state
+    # ... every this many epochs, at the last, and at each of checkpoint_epochs (a search sets
+    # its scheduler's rungs there: a stopped trial's last state holds its best so far); a
+    # failure re-runs at most checkpoint_every - 1 finished epochs, exactly
+    checkpoint_every: int = 1
+    checkpoint_epochs: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _check(self.stage1_epochs >= 0, "stage1_epochs", "must be >= 0")
+        _check(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
         _check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         _check(self.stage1_batch_size >= 2, "stage1_batch_size", "must be >= 2")
         _check(self.stage1_temperature > 0, "stage1_temperature", "must be > 0")

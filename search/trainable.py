@@ -4,11 +4,15 @@ Each epoch's metrics go to ``tune.report`` with a checkpoint, so a trial retried
 another node continues from its last epoch. The objective is the best-so-far value of the
 space's metric (what the best checkpoint scores).
 
-Checkpoints are written once per epoch. The trainer writes ``checkpoint.pt`` into the
-trial's state folder; with a storage path (local or NFS), that folder lives in the run
-directory and Tune's checkpoint is a small manifest naming the epoch's state file (kept
-under ``states/`` by a hard link, so no byte is written twice). With URI storage the state
-folder is node-local and the state files themselves go into Tune's checkpoint (one upload).
+A checkpoint goes with each epoch that writes the resumable state: every
+``train.checkpoint_every`` epochs, the last, and every rung of the space's scheduler (where
+ASHA may stop the trial, so a stopped trial's last checkpoint names its best epoch); other
+epochs are reported without one. The trainer writes ``checkpoint.pt`` into the trial's
+state folder; with a storage path (local or NFS), that folder lives in the run directory
+and Tune's checkpoint is a small manifest naming the epoch's state file (kept under
+``states/`` by a hard link, so no byte is written twice, as is a ``best.pt`` written on
+its own). With URI storage the state folder is node-local and the state files themselves
+go into Tune's checkpoint (one upload).
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from typing import Any
 
 import torch
 
+from handreid.config import Config, apply_overrides
 from handreid.errors import HandReIDError
-from handreid.train.checkpoint import atomic_link, atomic_save
+from handreid.train.checkpoint import atomic_link, atomic_save, checkpoint_due
 from search.assets import attached
 from search.objective import BestSoFar, judged_from
 from search.space import SearchSpace
@@ -51,6 +56,13 @@ def state_dir(scratch_root: str | None, experiment: str, trial_id: str) -> Path:
     return out
 
 
+def state_at_rungs(cfg: Config, space: SearchSpace) -> Config:
+    """``cfg`` writing its resumable state at every epoch where the scheduler may stop it."""
+    rungs = space.tune.milestones(space.max_epochs)
+    epochs = sorted(set(cfg.train.checkpoint_epochs) | set(rungs))
+    return apply_overrides(cfg, {"train.checkpoint_epochs": epochs})
+
+
 def epoch_file(out: Path, epoch: int) -> Path:
     return out / STATES / f"epoch_{epoch:04d}.pt"
 
@@ -65,6 +77,9 @@ def hand_over(out: Path, folder: Path, epoch: int, best_epoch: int, durable: boo
     if durable:  # keep this epoch's state under its own name; Tune gets only the manifest
         (out / STATES).mkdir(exist_ok=True)
         atomic_link(out / "checkpoint.pt", epoch_file(out, epoch))
+        best = epoch_file(out, best_epoch)
+        if not best.is_file() and (out / "best.pt").is_file():  # best weights on their own
+            atomic_link(out / "best.pt", best)
         return
     for name in STATE_FILES:
         if (out / name).is_file():
@@ -205,7 +220,7 @@ def run_trial(
     from handreid.train.optim import warmup_epochs
     from handreid.train.trainer import train
 
-    cfg = space.trial_config(params, extra)
+    cfg = state_at_rungs(space.trial_config(params, extra), space)
     judged = judged_from(  # ASHA judges the trial only after its warm-up and the share
         warmup_epochs(cfg.optim.scheduler, cfg.optim.warmup_epochs, cfg.train.epochs),
         space.tune.judge_after,
@@ -221,13 +236,16 @@ def run_trial(
             tune.report({**row, **extra_cols})
         return
     best = BestSoFar(space.tune.mode)
-    bests: list[int] = []  # the best epoch named by each epoch's checkpoint
+    saved: list[int] = []  # the epochs that handed Tune a checkpoint
+    bests: list[int] = []  # the best epoch each of those names
     history = out / "history.csv"
     if history.is_file():  # resumed: the best so far includes the epochs already run
         with history.open() as fh:
             for row in csv.DictReader(fh):
                 best.update(float(row.get(space.tune.metric) or "nan"))
-                bests.append(int(row["best_epoch"]))
+                if checkpoint_due(cfg.train, int(row["epoch"]), row["status"]):
+                    saved.append(int(row["epoch"]))
+                    bests.append(int(row["best_epoch"]))
 
     node_id = ray.get_runtime_context().get_node_id()
     durable = scratch_root is not None
@@ -247,8 +265,9 @@ def run_trial(
             hand_over(out, Path(tmp), epoch, best_epoch, durable)
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(tmp))
         if durable:
+            saved.append(epoch)
             bests.append(best_epoch)
-            drop_states(out, set(bests[-keep:]), last=keep)
+            drop_states(out, set(bests[-keep:]) | set(saved[-keep:]), last=0)
 
     with attached(assets, cfg):  # the driver's inputs, read only; never built here
         train(cfg, out, report=report, evaluate_on_test=False, raise_oom=True)  # OOM: retried

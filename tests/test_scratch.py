@@ -135,3 +135,34 @@ def test_an_ended_trial_replays_the_epochs_tune_never_recorded(tmp_path):
         "status": "done",
         "objective": 30.25,
     }
+
+
+def test_a_best_written_on_its_own_is_kept_and_restored(tmp_path):
+    # states every 3 epochs: epoch 2 was best, its tensors written on their own at epoch 3
+    out = tmp_path / "trial"
+    out.mkdir()
+    write_state(out / "best.pt", b"best 2")
+    write_state(out / "checkpoint.pt", b"state 3")
+    folder = tmp_path / "tune_3"
+    folder.mkdir()
+    hand_over(out, folder, 3, best_epoch=2, durable=True)
+    assert epoch_file(out, 2).read_bytes() == b"best 2"
+    assert epoch_file(out, 3).read_bytes() == b"state 3"
+    write_state(out / "checkpoint.pt", b"state 6")  # epoch 6 improved: best.pt is its state
+    write_state(out / "best.pt", b"state 6")
+    (tmp_path / "tune_6").mkdir()
+    hand_over(out, tmp_path / "tune_6", 6, best_epoch=6, durable=True)
+    drop_states(out, keep={2, 6} | {3, 6}, last=0)  # Tune keeps checkpoints 3 and 6
+    assert restore_into(out, FakeCheckpoint(folder)) is False  # back to epoch 3
+    assert (out / "checkpoint.pt").read_bytes() == b"state 3"
+    assert (out / "best.pt").read_bytes() == b"best 2"
+
+
+def test_a_trial_writes_its_state_at_every_rung(tmp_path):
+    from search.space import load_space
+    from search.trainable import state_at_rungs
+
+    space = load_space(Path(__file__).parents[1] / "spaces" / "vitb16.yml")
+    cfg = state_at_rungs(space.base, space)
+    assert cfg.train.checkpoint_every == 5
+    assert set(space.tune.milestones(space.max_epochs)) <= set(cfg.train.checkpoint_epochs)

@@ -31,16 +31,24 @@ def test_pre_post_retrieval_trains_and_shares_stage1_with_pre_bn(tiny_cfg, tmp_p
     assert second["stage1_key"] == first["stage1_key"] and second["stage1_cache"] == "hit"
 
 
-def test_stage1_key_depends_on_where_the_images_come_from(tiny_cfg, tmp_path):
+def test_stage1_key_depends_on_the_images_bytes_not_where_they_lie(tiny_cfg, tmp_path):
+    import shutil
+
     from handreid.data.build import build_split, resolve_root
     from handreid.train.stage1 import stage1_key
 
     cfg = tiny_cfg()
     root = resolve_root(cfg.data)
     items = build_split(cfg.data, cfg.eval, root=root).train
-    here = stage1_key(cfg, items, images=root)
-    assert stage1_key(cfg, items, images=root) == here
-    assert stage1_key(cfg, items, images=tmp_path) != here
+    reads = {"model.backbone": cfg.model.backbone}
+    here = stage1_key(reads, items, images=root, device="cpu")
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    assert stage1_key(reads, items, images=copy, device="cpu") == here
+    assert stage1_key(reads, items, images=root, device="cuda") != here
+    image = copy / items[0].path
+    image.write_bytes(image.read_bytes() + b"\0")
+    assert stage1_key(reads, items, images=copy, device="cpu") != here
 
 
 @pytest.mark.parametrize(

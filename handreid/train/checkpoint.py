@@ -7,7 +7,9 @@ scheduler and RNG state, and the progress. Frozen weights are rebuilt from the p
 source (or the seeded random construction) when the run is set up again; a fingerprint of
 them guards against resuming over different weights.
 
-A run directory holds ``checkpoint.pt`` (the latest epoch's state), ``best.pt`` and
+A run directory holds ``checkpoint.pt`` (the state of the latest epoch that wrote one:
+every ``train.checkpoint_every`` epochs, the last, and each of ``train.checkpoint_epochs``;
+see :func:`checkpoint_due`), ``best.pt`` (the best epoch's trainable tensors) and
 ``metrics.json`` (the run's results); ``check_same_config`` refuses to resume a directory
 of another configuration, and ``finished_run`` finds a run that already ended.
 """
@@ -32,7 +34,16 @@ from handreid.errors import HandReIDError
 
 CHECKPOINT = "checkpoint.pt"
 # keys that may change between a run and its resumption (where it runs, not what it trains)
-RESUMABLE = {"train.cpu", "data.num_workers", "data.root", "train.stage1_cache", "eval.batch_size"}
+RESUMABLE = {
+    "train.cpu",
+    "data.num_workers",
+    "data.root",
+    "train.stage1_cache",
+    "eval.batch_size",
+    "data.decode_cache_mib",
+    "train.checkpoint_every",
+    "train.checkpoint_epochs",
+}
 BEST = "best.pt"
 METRICS = "metrics.json"
 
@@ -57,6 +68,15 @@ def atomic_link(src: str | Path, dst: str | Path) -> None:
     except OSError:
         shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
+
+
+def checkpoint_due(train_cfg, epoch: int, status: str) -> bool:
+    """Whether epoch ``epoch`` (ending with ``status``) writes the resumable state."""
+    return (
+        epoch % train_cfg.checkpoint_every == 0
+        or epoch in train_cfg.checkpoint_epochs
+        or status != "running"
+    )
 
 
 def trainable_keys(model: nn.Module) -> list[str]:

@@ -3,15 +3,14 @@
 Stage 1 learns the prompt context on cached image features (or reuses it from the
 stage-1 cache); stage 2 fine-tunes the image tower and the heads with the enabled losses
 on PK batches against per-class text features computed once. After every stage-2 epoch
-the model is scored on the validation images, ``report`` is called, early stopping is
-checked and a resumable checkpoint is written. Test data is read only by
-:func:`evaluate_test`, after training.
+the model is scored on the validation images, early stopping is checked, the resumable
+state is written when due (``train.checkpoint_every``) and ``report`` is called. Test data
+is read only by :func:`evaluate_test`, after training.
 """
 
 from __future__ import annotations
 
 import csv
-import gc
 import logging
 import time
 from collections.abc import Callable
@@ -43,7 +42,7 @@ from handreid.train.checkpoint import (
 from handreid.train.data import RunData
 from handreid.train.early_stopping import bad_epochs, first_judged_epoch, should_stop
 from handreid.train.optim import make_optimizer, make_scheduler, stage2_groups, warmup_epochs
-from handreid.train.stage1 import cached_stage1, stage1_key, train_prompts
+from handreid.train.stage1 import ConfigReads, cached_stage1, stage1_key, train_prompts
 
 log = logging.getLogger(__name__)
 
@@ -72,37 +71,52 @@ def configure_backends(device: torch.device) -> None:
 
 
 # what a run holds that close() lets go of
-RUN_STATE = ("model", "losses", "optimizer", "center_opt", "scheduler", "data", "text_feats")
+RUN_STATE = (
+    "model",
+    "losses",
+    "optimizer",
+    "center_opt",
+    "scheduler",
+    "data",
+    "text_feats",
+    "pending_best",
+    "accelerator",
+)
 
 
 class Trainer:
     def __init__(self, cfg: Config, out_dir: str | Path, report: Report | None = None):
         self.cfg = cfg
+        # what stage 1 reads goes through this view: the key of its cache is what it records
+        self.stage1_cfg = s1 = ConfigReads(cfg)
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.report = report
-        _release_accelerator_state(cfg.train.mixed_precision, cfg.train.cpu)
+        _release_accelerator_state(s1.train.mixed_precision, s1.train.cpu)
         self.accelerator = Accelerator(
-            cpu=cfg.train.cpu,
-            mixed_precision=cfg.train.mixed_precision,
-            gradient_accumulation_steps=cfg.train.grad_accum,
+            cpu=s1.train.cpu,
+            mixed_precision=s1.train.mixed_precision,
+            gradient_accumulation_steps=s1.train.grad_accum,
         )
         self.device = self.accelerator.device
         configure_backends(self.device)
         self.progress = Progress()
+        self.pending_best: dict[str, Any] | None = None  # best.pt not yet written
         self.stage1_info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ set-up
 
     def setup(self) -> None:
-        cfg = self.cfg
-        set_seed(cfg.train.seed)
+        """The split, the model and the data: what both stages and the evaluation use."""
+        cfg, s1 = self.cfg, self.stage1_cfg
+        set_seed(s1.train.seed)
+        # stage 1 reads the split's train items and their images: its key holds those
         self.root = resolve_root(cfg.data)
         self.split: DataSplit = build_split(cfg.data, cfg.eval, root=self.root)
         save_manifest(self.split, self.out / "split.json", root=str(self.root))
         dump_config(cfg, self.out / "config.yaml")  # after check_same_config in run()
         self.labels = self.split.labels()
-        m = cfg.model
+        m = s1.model
         self.model = build_model(
             m.backbone,
             len(self.labels),
@@ -110,14 +124,13 @@ class Trainer:
             cache_dir=m.cache_dir,
             n_ctx=m.n_ctx,
             templates=m.templates,
-            retrieval_feature=m.retrieval_feature,
+            # not stage 1's: it trains on the unit pre-BN feature, whatever is retrieved
+            retrieval_feature=cfg.model.retrieval_feature,
             activation=m.activation,
         )
-        self.losses = build_loss_set(cfg.loss, self.model.embed_dim, len(self.labels))
         self.model.to(self.device)
-        self.losses.to(self.device)
         self.data = RunData(
-            cfg,
+            s1,
             self.root,
             self.split,
             self.labels,
@@ -133,28 +146,37 @@ class Trainer:
 
     # ------------------------------------------------------------------ stage 1
 
+    def stage1_inputs(self) -> tuple[str, dict[str, Any]]:
+        """Stage 1's settings, read through ``stage1_cfg``, and the cache key of all it read
+        (from the start of the run: the accelerator, the model, the evaluation loaders)."""
+        s1, loader = self.stage1_cfg, self.data.gallery_loader  # its settings read here
+        t, o = s1.train, s1.optim
+        settings = {
+            "epochs": t.stage1_epochs,
+            "batch_size": t.stage1_batch_size,
+            "lr": o.lr_prompt,
+            "weight_decay": o.weight_decay_prompt,
+            "optimizer": o.name,
+            "temperature": t.stage1_temperature,
+            "seed": t.seed,
+        }
+        key = stage1_key(s1.reads, self.split.train, images=self.root, device=self.device)
+        return key, {"loader": loader, **settings}
+
     def stage1(self) -> None:
         cfg = self.cfg
         cache_dir = Path(cfg.train.stage1_cache or cache_root() / "stage1")
-        key = stage1_key(cfg, self.split.train, images=self.root)
+        key, settings = self.stage1_inputs()
+        loader = settings.pop("loader")
 
         def compute() -> dict[str, Any]:
-            # the unit pre-BN feature that stage 2's SupCon uses, whatever the retrieval feature
-            feats = self.features(self.data.gallery_loader, desc="stage-1 features", kind="unit")
-            labels = torch.tensor(self.data.gallery_set.targets)
-            history = train_prompts(
-                self.model,
-                feats,
-                labels,
-                epochs=cfg.train.stage1_epochs,
-                batch_size=cfg.train.stage1_batch_size,
-                lr=cfg.optim.lr_prompt,
-                weight_decay=cfg.optim.weight_decay_prompt,
-                optimizer=cfg.optim.name,
-                temperature=cfg.train.stage1_temperature,
-                seed=cfg.train.seed,
-                accelerator=self.accelerator,
-            )
+            with self.stage1_cfg.sealed():  # a read the key does not hold raises
+                # the unit pre-BN feature that stage 2's SupCon uses, whatever is retrieved
+                feats = self.features(loader, desc="stage-1 features", kind="unit")
+                labels = torch.tensor(self.data.gallery_set.targets)
+                history = train_prompts(
+                    self.model, feats, labels, accelerator=self.accelerator, **settings
+                )
             return {"ctx": self.model.prompt.ctx.detach().cpu(), "loss": history}
 
         start = time.time()
@@ -180,6 +202,8 @@ class Trainer:
 
     def setup_stage2(self) -> None:
         cfg = self.cfg
+        self.losses = build_loss_set(cfg.loss, self.model.embed_dim, len(self.labels))
+        self.losses.to(self.device)
         self.model.set_stage(2, cfg.model.unfreeze_blocks)
         groups = stage2_groups(self.model, self.losses, cfg.optim)
         self.optimizer = make_optimizer(cfg.optim.name, groups)
@@ -306,33 +330,66 @@ class Trainer:
         ckpt.set_rng_state(state["rng"])
         self.stage1_info = {**state.get("stage1", {}), "resumed_from_epoch": self.progress.epoch}
 
-    def save_best(self, checkpoint: Path | None) -> None:
-        """``best.pt``: the epoch's checkpoint itself (a hard link, no bytes written), or
-        the trainable tensors alone when per-epoch checkpoints are off."""
-        if checkpoint is not None:
-            ckpt.atomic_link(checkpoint, self.out / BEST)
-            return
+    def best_state(self) -> dict[str, Any]:
+        """``best.pt``'s content: the epoch's trainable tensors, copied to host memory."""
         model = self.accelerator.unwrap_model(self.model)
-        best = {
-            "model": ckpt.trainable_state(model, self.state_keys),
+        tensors = ckpt.trainable_state(model, self.state_keys)
+        return {
+            "model": {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()},
             "fingerprint": self.fingerprint,
-            "losses": self.losses.state_dict(),
+            "losses": {
+                k: v.detach().to("cpu", copy=True) for k, v in self.losses.state_dict().items()
+            },
             "progress": {"epoch": self.progress.epoch},
         }
-        ckpt.atomic_save(best, self.out / BEST)
+
+    def save_best(self, checkpoint: Path | None = None) -> None:
+        """``best.pt`` now: ``checkpoint`` itself (a hard link), else the tensors alone."""
+        if checkpoint is not None:
+            ckpt.atomic_link(checkpoint, self.out / BEST)
+        else:
+            ckpt.atomic_save(self.best_state(), self.out / BEST)
+
+    def save_epoch(self, improved: bool) -> Path | None:
+        """Write what this epoch must: the resumable state when it is due
+        (:func:`~handreid.train.checkpoint.checkpoint_due`), returned; ``best.pt`` as that
+        state itself when the epoch improved (a hard link: no bytes written), else as the
+        best epoch's tensors, held in host memory since that epoch and written before the
+        state that names it. Between states nothing is written: a failure resumes from the
+        last state and replays the epochs after it exactly, the best one included. With
+        ``train.keep_checkpoints`` off only ``best.pt`` is written, at each improvement."""
+        t, p = self.cfg.train, self.progress
+        if not t.keep_checkpoints:
+            if improved:
+                self.save_best()
+            return None
+        if improved:
+            self.pending_best = None
+        if not ckpt.checkpoint_due(t, p.epoch, p.status):
+            if improved:
+                self.pending_best = self.best_state()
+            return None
+        path = self.out / CHECKPOINT
+        if self.pending_best is not None:  # first: the state written next names it
+            ckpt.atomic_save(self.pending_best, self.out / BEST)
+            self.pending_best = None
+        ckpt.atomic_save(self.state_dict(), path)
+        if improved:
+            self.save_best(path)
+        return path
 
     def close(self) -> None:
         """Free the run's model, optimisers, loaders and Accelerate's references to them, and
         return the freed GPU memory: a process that trains another run next (a reused Ray
         actor) must not carry this one. Under mixed precision Accelerate wraps the model's
         forward in a reference cycle (instance attributes bound to the model), which only the
-        cyclic collector would break: those go first, and the collector runs once here."""
+        cyclic collector would break, at a time of its choosing: those attributes go first,
+        so that dropping the references frees everything at once, without a collection
+        (tests/test_clean_actor.py checks it with the collector off)."""
         for name in ("forward", "_original_forward"):
             getattr(self, "model", nn.Module()).__dict__.pop(name, None)
         for name in RUN_STATE:
             self.__dict__.pop(name, None)
-        self.accelerator.free_memory()  # its lists of prepared objects; collects, empties
-        gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -362,12 +419,7 @@ class Trainer:
             }
             p.history.append(row)
             self._write_history()
-            path = None
-            if cfg.train.keep_checkpoints:  # written once per epoch, never copied
-                path = self.out / CHECKPOINT
-                ckpt.atomic_save(self.state_dict(), path)
-            if improved:
-                self.save_best(path)
+            path = self.save_epoch(improved)  # the state when due: what `report` hands on
             self._report(row, path)
             log.info(
                 "epoch %d  loss %.4f  val mAP %.2f  rank-1 %.2f  (%.1f img/s)",
