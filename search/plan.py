@@ -173,7 +173,7 @@ def data_sizes(cfg) -> tuple[int, int, int, str]:
         return len(split.train), len(split.val), len(split.test.images), f"{root}'s metadata"
     if root:
         train, val, test = STANDARD_SIZES[data.aspect]
-        where = f"11k's standard {data.aspect} split ({root} is not on this machine)"
+        where = f"11k's standard {data.aspect} split; {root} is not on this machine"
         return train, val, test, where
     s = data.synth
     test_ids = max(2, round(s.ids * data.test_fraction))
@@ -237,7 +237,7 @@ class Cluster:
 
     @property
     def slots(self) -> int:
-        return int(self.gpus * self.packing) if self.packing else self.concurrent
+        return int(self.gpus * self.packing + 1e-6) if self.packing else self.concurrent
 
     def running(self, runs: float) -> int:
         return max(1, int(min(self.concurrent, self.slots, math.ceil(runs))))
@@ -432,8 +432,9 @@ def plan_lines(plan: Plan) -> list[str]:
     out.append("expected epochs (early stopping not counted):")
     for p in plan.phases:
         out.append(
-            f"  {p.name}: {p.runs:g} runs, {p.epochs:.0f} epochs + {p.stage1_runs} stage-1 "
-            f"runs, {p.flops / 1e15:.1f} PFLOP; {p.running} at once on {p.gpus_used} GPU(s): "
+            f"  {p.name}: {p.runs:g} runs, {p.epochs:.0f} epochs, stage 1 computed "
+            f"{p.stage1_runs}x, {p.flops / 1e15:.1f} PFLOP; {p.running} at once on "
+            f"{p.gpus_used} GPU(s): "
             f"{_hours(p.wall_s)}" + (f" ({p.note})" if p.note else "")
         )
     total = sum(p.epochs for p in plan.phases)

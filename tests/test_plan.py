@@ -110,7 +110,7 @@ def test_plan_on_the_command_line_starts_nothing(stub_estimates, tmp_path, monke
     assert "plan for " in out and "on 8 GPUs of 80 GiB (nothing started)" in out
     assert "80 GiB each (assumed: pass --gpu-memory GIB)" in out
     assert "trials: 40, at most 4 at once" in out
-    assert "search: 40 runs, 572 epochs + 1 stage-1 runs" in out
+    assert "search: 40 runs, 572 epochs, stage 1 computed 1x" in out
     assert "throughput (ASSUMED, not measured" in out and "GPU-hours" in out
     assert "RN50 (unfreeze all, batch 32): peak 4.00 GiB" in out
     assert list(tmp_path.iterdir()) == []  # no run directory, no storage
