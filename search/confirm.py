@@ -585,8 +585,7 @@ def write_best(
     scored = [e for e in entries if "error" not in e]
     if len(scored) < len(entries):
         log.warning(
-            "%s: %d of %d scoring seeds of the winner have no test score; left out of the "
-            "means",
+            "%s: %d of %d scoring seeds of the winner have no test score; left out of the means",
             winner["backbone"],
             len(entries) - len(scored),
             len(entries),

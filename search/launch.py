@@ -183,4 +183,3 @@ def use_study_file(opts: SearchOptions) -> None:
 
     path = local_run_dir(opts) / STUDY_FILE
     optuna_search.use_study_file(study_name(opts), path, snapshot=is_uri(opts.storage))
-

@@ -161,11 +161,13 @@ def started(tmp_path: Path, **space_kw) -> tuple[Path, Path]:
     """A run folder as a search leaves it (its search.json), and the space it started with."""
     from search.rundir import SearchOptions, write_search_meta
     from search.space import load_space
+    from search.tune_state import TUNER_FILE
 
     folder = tmp_path / "first"
     folder.mkdir()
     space = small_space(folder, num_samples=4, **space_kw)
     write_search_meta(load_space(space), SearchOptions(name="r", storage=str(tmp_path / "runs")))
+    (tmp_path / "runs" / "r" / TUNER_FILE).touch()  # past the CLI's "nothing to resume"
     return space, tmp_path / "runs"
 
 
@@ -213,8 +215,9 @@ def test_resume_with_a_changed_space_is_refused_naming_the_change(
     )
 
 
-def test_resume_with_the_same_space_elsewhere_is_accepted(tmp_path, capsys):
+def test_resume_with_the_same_space_elsewhere_is_accepted(tmp_path, capsys, monkeypatch):
     _, storage = started(tmp_path)
+    monkeypatch.setattr(tune.Tuner, "can_restore", classmethod(lambda cls, path: False))
     copy = tmp_path / "copy"
     copy.mkdir()
     code, err = resume(small_space(copy, num_samples=4), storage, capsys, "--num-samples", "4")
@@ -264,6 +267,7 @@ def test_errored_trials_rerun_on_resume_only_with_retry_failed(
     monkeypatch.setattr(search.driver, "init_ray", lambda *a, **kw: None)
     monkeypatch.setattr(search.driver, "check_resources", lambda *a: None)
     monkeypatch.setattr(search.resume, "saved_trials", lambda path: [])
+    monkeypatch.setattr(search.resume, "align_search_state", lambda path, trials: None)
     with pytest.raises(Restored):
         resume(space, storage, capsys, *flags)
     assert calls and calls[0]["resume_errored"] is retried

@@ -193,10 +193,14 @@ def _estimate(model, heads, inputs: MemoryInputs, stage1: dict) -> MemoryEstimat
     exclude = {_storage_id(t) for t in [*model.parameters(), *model.buffers()]}
     size = model.preprocess["size"]
     mp = inputs.mixed_precision
+    # the excluded images stay alive until the estimate ends: a storage's id is its address,
+    # which a later step's saved tensor (real or fake) could otherwise reuse and lose
+    held: list[torch.Tensor] = []
 
     def stage2_step(batch: int) -> torch.Tensor:
         images = torch.randn(batch, 3, *size)  # counted once, saved or not (see count)
         exclude.add(_storage_id(images))
+        held.append(images)
         return _stand_in_loss(model.encode_image(images))
 
     def stage1_step(batch: int) -> torch.Tensor:
