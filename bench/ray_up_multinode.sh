@@ -38,6 +38,10 @@ SHARED_MNT=/mnt/shared           # where cluster.local.yaml's wheelhouse line lo
 
 [ "$(id -u)" = 0 ] || { echo "run as root (namespaces, a user, sshd)" >&2; exit 2; }
 [ -x "$REPO/.venv/bin/ray" ] || { echo "no $REPO/.venv: run make install first" >&2; exit 2; }
+case "$REPO/" in /tmp/*|/dev/shm/*)  # each namespace gets its own /tmp and /dev/shm
+    echo "$REPO: the clone must not be under /tmp or /dev/shm, which the namespaces replace" >&2
+    exit 2;;
+esac
 
 WORK=$(mktemp -d /var/tmp/handreid-multinode.XXXXXX)   # not under /tmp: /tmp is replaced inside
 chmod 755 "$WORK"

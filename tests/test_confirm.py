@@ -298,14 +298,22 @@ def test_confirm_a_finished_search_then_extend_it_without_rerunning(ray_local, t
 # ------------------------------------------------------------------ bad input, no Ray
 
 
-def test_negative_confirm_seeds_are_refused_in_one_line(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "seeds, message",
+    [
+        ("-1", "--confirm-seeds must be >= 0 (0: no confirmation), got -1"),
+        ("1000", "--confirm-seeds must be < 1000 (the scoring seeds start there), got 1000"),
+    ],
+)
+def test_bad_confirm_seeds_are_refused_in_one_line(tmp_path, capsys, seeds, message):
+    """Below 0 means nothing; from 1000 on, confirmation seeds would reach the scoring
+    seeds (search seed + 1000 + i), which must never have chosen."""
     from search.cli import main
 
     space = small_space(tmp_path, num_samples=1)
     runs = ["--storage", str(tmp_path / "runs")]  # should the check fail: not in the repo
-    assert main(["--space", str(space), *runs, "--confirm-seeds", "-1"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == "error: --confirm-seeds must be >= 0 (0: no confirmation), got -1"
+    assert main(["--space", str(space), *runs, "--confirm-seeds", seeds]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
 
 
 @pytest.mark.parametrize(
