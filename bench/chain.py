@@ -4,7 +4,8 @@ Per-configuration quality, seed noise and split noise go through the project's o
 the searcher and scheduler (``search.strategy``, driven as Tune drives them, trials one at a
 time), early stopping (``handreid.train.early_stopping``), the confirmation's choice of each
 backbone's winner (``search.confirm.summary``, over ``search.confirm.wanted_runs``' seeds),
-its scoring runs (``search.confirm.scoring_runs``) and the verdict
+its scoring runs (``tune.confirm.score_seeds`` fresh seed effects of that winner, drawn here as
+``search.confirm.scoring_runs`` plans them: new seeds, none of which chose) and the verdict
 (``analysis.confirm.difference_interval``). Each quantity is measured for the shipped chain
 and for the chain before issue 23 (one TPE over both backbones, the winner scored on the
 seeds that chose it, patience counted inside the warm-up), on the same synthetic worlds:

@@ -294,6 +294,21 @@ def test_confirm_a_finished_search_then_extend_it_without_rerunning(ray_local, t
     assert "confirmation runs: 3 (3 complete)" in out and "scoring runs: 1" in out
     assert len(study_attrs(run_dir, "c")) == 2  # the study got no trial of its own for them
 
+    def runs_trained() -> dict[str, str]:  # a run trained again rewrites its history
+        scratch = run_dir / "scratch"
+        return {p.parent.name: p.read_text() for p in scratch.glob("*_seed*/history.csv")}
+
+    trained = runs_trained()  # --score-seeds extends the scoring, and only the scoring
+    code, out, err = search(["--confirm", str(run_dir), "--score-seeds", "2"], capsys)
+    assert code == 0, err
+    assert read_confirm(run_dir)["runs"].tolist() == [4]
+    check_scoring(run_dir, "tiny-rn", seeds=2)
+    again = runs_trained()
+    assert {k: again[k] for k in trained} == trained
+    new = f"score_{first['config_id'].iloc[0]}_seed1002"
+    assert [k for k in again if k not in trained] == [new]
+    assert "scoring runs: 2" in out
+
 
 # ------------------------------------------------------------------ bad input, no Ray
 
