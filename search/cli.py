@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from handreid.cli_util import one_line_errors, setup_logging
-from handreid.config import parse_set_args
 from handreid.errors import HandReIDError
 
 log = logging.getLogger(__name__)
@@ -350,10 +349,11 @@ def resume_command(argv: list[str]) -> str:
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    setup_logging()
-    check_args(args)
+    args = None
     try:
+        args = build_parser().parse_args(argv)
+        setup_logging()
+        check_args(args)
         check_saved(args)  # before the space, torch and Ray load: answers at once
         return search(args, argv)
     except KeyboardInterrupt:  # at any moment: say what a rerun needs
@@ -444,7 +444,11 @@ def check_saved(args) -> None:
 
 def interrupted(args, argv: list[str]) -> str:
     """The line for a Ctrl-C: the resume command once Tune has saved the search, else that
-    nothing was saved and the command that starts it again."""
+    nothing was saved and the command that starts it again (``args`` None: interrupted
+    while the arguments were read, so this process saved nothing)."""
+    if args is None:
+        again = shlex.join(["handreid-search", *argv])
+        return f"interrupted before the search started (nothing saved); run again: {again}"
     path = experiment_dir(args)
     if path is None:
         return f"interrupted; resume with: {resume_command(argv)}"
@@ -462,6 +466,8 @@ def search_target(args):
     if args.confirm:
         space, meta = confirm_target(args.confirm)
         return space, meta["name"], meta["storage"], meta["run_dir"]
+    from handreid.config import parse_set_args
+
     overrides = parse_set_args(args.overrides)
     sets = list(overrides)
     if args.data_root:

@@ -87,3 +87,29 @@ def test_a_real_ctrl_c_while_starting_is_one_line(tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("interrupted before anything was saved")
+
+
+def test_ctrl_c_while_the_arguments_are_read_says_how_to_run_again(monkeypatch, capsys):
+    """The earliest moment main can see: before the flags are parsed (was: a bare
+    'interrupted', or a traceback from the imports cli.py made before main)."""
+    import search.cli
+
+    def interrupted_parser():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search.cli, "build_parser", interrupted_parser)
+    argv = ["--space", "spaces/demo.yml", "--name", "x y"]
+    assert search.cli.main(argv) == 130
+    assert capsys.readouterr().err.strip() == (
+        "interrupted before the search started (nothing saved); run again: "
+        "handreid-search --space spaces/demo.yml --name 'x y'"
+    )
+
+
+def test_the_cli_module_imports_no_config_or_yaml():
+    """What runs before main (the console script's import of search.cli) stays small, so
+    that a Ctrl-C lands inside main's handler almost at once."""
+    heavy = "('yaml', 'handreid.config', 'torch')"
+    code = f"import sys, search.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stderr
