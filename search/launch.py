@@ -36,7 +36,10 @@ def init_ray(address: str | None, num_gpus: float | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=ray_log_level())
     else:  # a local instance inside this command: no dashboard, no network needed, and no
-        # joining a cluster that another `ray start` or search left running (address=None would)
+        # joining a cluster that another `ray start` or search left running (address=None would).
+        # Token auth as Ray's default for a local instance, asked for by name: Ray then skips
+        # its "Token authentication is enabled" warning at every start
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(
             address="local",
             num_cpus=os.cpu_count(),

@@ -4,6 +4,8 @@ headless Chromium. The pretrained tiny CLIPs are built on first use (shared per 
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -75,12 +77,19 @@ def test_the_demo_searches_learns_and_reports_both_backbones(tmp_path):
     assert sum(line.startswith("confirm ") for line in lines) == len(runs)
     assert sum(line.startswith("score ") for line in lines) == len(scoring)
     assert "Trial status" not in out.stdout and "Trial status" not in out.stderr
+    assert "Token authentication is enabled" not in out.stderr  # Ray's note at every start
     assert any(
         (" is better than " in line or " not distinguishable " in line) and "95% CI" in line
         for line in lines
     ), out.stdout[-2000:]
     for place in ("data:", "run directory:", "report:", "dashboard:"):
         assert any(line.startswith(place) for line in lines), place
+    # every path the terminal names is the run's storage, the clone or the cache it was
+    # given (make demo: runs/ and .cache/ in the clone): nothing outside them
+    given = (str(tmp_path), str(REPO), os.environ.get("HANDREID_CACHE", str(REPO)))
+    named = re.findall(r"/(?:tmp|root|home|work|var|opt|usr|mnt|srv|data)/[\w./-]*", out.stdout)
+    named += re.findall(r"/(?:tmp|root|home|work|var|opt|usr|mnt|srv|data)/[\w./-]*", out.stderr)
+    assert named and [p for p in named if not p.startswith(given)] == []
     study = json.loads((run_dir / "search.json").read_text())
     assert study["num_samples"] == len(table)
 
