@@ -69,8 +69,12 @@ cleanup() {
     for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done  # ends each namespace
     sleep 1
     [ "$MADE_MNT" = 1 ] && rmdir "$SHARED_MNT" 2>/dev/null || true
-    if [ "${KEEP_NODE:-0}" != 1 ] && id "$NODE_USER" >/dev/null 2>&1; then
-        userdel -r "$NODE_USER" 2>/dev/null || echo "note: could not remove user $NODE_USER"
+    if [ "${KEEP_NODE:-0}" != 1 ]; then
+        id "$NODE_USER" >/dev/null 2>&1 && { userdel -r "$NODE_USER" 2>/dev/null \
+            || echo "note: could not remove user $NODE_USER"; }
+        # the nodes' venvs (about 6 GB each) and the wheel links; the logs stay
+        rm -rf "$WORK"/head/home/handreid-venv "$WORK"/worker/home/handreid-venv \
+            "$WORK"/shared/handreid-wheels
     fi
     echo "exit $rc; log $LOG, timings $TIMES"
 }
