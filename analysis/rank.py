@@ -103,14 +103,15 @@ def comparison_table(data: RunData, conf: Confirmation | None = None) -> pd.Data
     """Each backbone's winner (the confirmed one where a confirmation ran: validation mean
     over the seeds that chose it, test mean and std over its fresh scoring seeds x splits;
     else the best single run), with the data it was trained on. The reference rows (real
-    11k Hands) join only runs on real data; see :func:`reference_table`.
+    11k Hands) join only runs on real data under the standard protocol (``DataInfo.
+    comparable``); see :func:`reference_table`.
 
     ``trial_seconds`` is the winner's search trial's time (``analysis.load.TRIAL_TIME``);
     the sum over all trials of the backbone is ``all_trials_seconds``."""
     chosen = chosen_winners(data, conf)
     trials = data.trials.set_index("trial_id")
     ours = [_our_row(data, trials, conf, c) for c in chosen.values()]
-    if data.data.synthetic is not False:
+    if not data.data.comparable:
         return pd.DataFrame(ours)
     refs = [{**r, "reference": True} for r in reference_table().to_dict("records")]
     return pd.DataFrame([{**r, "reference": False} for r in ours] + refs)

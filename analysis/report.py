@@ -69,7 +69,7 @@ def write_all(
     tables = Tables(
         ranked=ranked_table(data, top, marks(chosen, tied)),
         comparison=comparison_table(data, conf),
-        references=None if data.data.synthetic is False else reference_table(),
+        references=None if data.data.comparable else reference_table(),
         sides=side_by_side(data, conf),
     )
     importance, notes = importance_table(data)
@@ -98,7 +98,7 @@ def write_all(
 class Tables:
     ranked: pd.DataFrame
     comparison: pd.DataFrame
-    references: pd.DataFrame | None  # apart from ours: the runs were not on real 11k Hands
+    references: pd.DataFrame | None  # apart from ours: not real 11k on the standard protocol
     sides: pd.DataFrame
 
 
@@ -126,11 +126,12 @@ def _data_words(data: RunData) -> str:
 
 
 def _reference_note(data: RunData) -> str:
-    why = (
-        "this run trained on synthetic hands"
-        if data.data.synthetic
-        else "this run does not record what data it trained on"
-    )
+    if data.data.synthetic:
+        why = "this run trained on synthetic hands"
+    elif data.data.synthetic is False:
+        why = "this run's real data is not the references' protocol (see its data line)"
+    else:
+        why = "this run does not record what data it trained on"
     return (
         f"Not comparable with the table above: {why}. These are results on real 11k Hands "
         "dorsal_r (docs/METHOD.md); the seed's manual runs were chosen on test data, one "

@@ -10,6 +10,7 @@ import subprocess
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from analysis import figures
 from analysis.confirm import load_confirmation
@@ -18,7 +19,13 @@ from analysis.rank import comparison_table, ranked_table, side_by_side
 from analysis.report import write_all
 from analysis.sections import history_section
 from analysis.winners import best_per_backbone, chosen_winners, marks, ties
-from tests.test_analysis import CHROME_FLAGS, SYNTHETIC_DATA, _chromium, fabricate_run
+from tests.test_analysis import (
+    CHROME_FLAGS,
+    REAL_DATA,
+    SYNTHETIC_DATA,
+    _chromium,
+    fabricate_run,
+)
 from tests.test_verdict import fabricate_confirmed_run
 
 
@@ -57,6 +64,29 @@ def test_a_real_data_run_shows_the_references_beside_it(tmp_path):
     write_all([fabricate_run(tmp_path, "again")], tmp_path / "out")
     page = (tmp_path / "out" / "report.html").read_text()
     assert "SYNTHETIC" not in page and "a separate table" not in page
+
+
+@pytest.mark.parametrize(
+    "change, why",
+    [
+        ({"split": "random"}, "random split"),
+        ({"subset": True}, "a subset"),
+        ({"aspect": "palmar_l"}, "aspect palmar_l"),
+    ],
+)
+def test_real_data_off_the_standard_protocol_keeps_the_references_apart(tmp_path, change, why):
+    """A random split, a partial copy or another aspect is real data, but not the protocol
+    of the reference results: they go to their own table, and the data line says why."""
+    run = fabricate_run(tmp_path, data={**REAL_DATA, **change})
+    data = load_run(run)
+    assert data.data.synthetic is False and not data.data.comparable
+    assert f"NOT the standard protocol ({why})" in data.data.description
+    assert "reference" not in comparison_table(data)
+    write_all([run], tmp_path / "out")
+    page = (tmp_path / "out" / "report.html").read_text()
+    ours, refs = page.split("Reference results on real 11k Hands (a separate table)", 1)
+    assert "MBA-Net" not in ours and "MBA-Net" in refs and "NOT the standard protocol" in ours
+    assert "SYNTHETIC" not in page
 
 
 def test_a_run_without_a_data_record_reads_its_config_or_stays_unknown(tmp_path):
