@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = "; ".join(line(r) for r in rows)
     if args.out:  # bench/gpu_check.sh: next to its other files
         doc = {"benchmark": args.name, "result": summary, "machine": machine(), "rows": rows}
+        Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / f"{args.name}.json").write_text(json.dumps(doc, indent=2))
         print(f"{args.name}: {summary}")
     else:

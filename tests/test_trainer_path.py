@@ -51,6 +51,23 @@ def test_stage1_key_depends_on_the_images_bytes_not_where_they_lie(tiny_cfg, tmp
     assert stage1_key(reads, items, images=copy, device="cpu") != here
 
 
+@pytest.mark.parametrize("library", ["torch", "torchvision", "open_clip"])
+def test_stage1_key_depends_on_the_library_versions(tiny_cfg, monkeypatch, library):
+    """A stage 1 computed under another torch, torchvision or open_clip is not reused."""
+    from handreid.data.build import build_split, resolve_root
+    from handreid.train import stage1
+
+    cfg = tiny_cfg()
+    root = resolve_root(cfg.data)
+    items = build_split(cfg.data, cfg.eval, root=root).train
+    reads = {"model.backbone": cfg.model.backbone}
+    here = stage1.stage1_key(reads, items, images=root, device="cpu")
+    versions = stage1.library_versions()
+    assert set(versions) == {"torch", "torchvision", "open_clip"}
+    monkeypatch.setattr(stage1, "library_versions", lambda: {**versions, library: "0.0.0"})
+    assert stage1.stage1_key(reads, items, images=root, device="cpu") != here
+
+
 @pytest.mark.parametrize(
     ("key", "value", "words"),
     [
