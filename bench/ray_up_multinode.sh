@@ -5,7 +5,7 @@
 # for NFS at /mnt/shared on both, and a client (where `ray up` runs) in a third namespace.
 # Then a search through `ray job submit`, a kill of the worker's Ray mid-trial, the
 # checks, and `ray down`. Not part of `make test` (root; minutes; GBs of wheels).
-# RELIABILITY.md, section "Two nodes: `ray up` with a worker", records a run.
+# RELIABILITY.md, section "Two nodes: `ray up` with a worker", records a run (2026-12-07).
 #
 #   sudo bench/ray_up_multinode.sh                # wheelhouse on the shared folder (the README's route)
 #   WHEELHOUSE=0 bench/ray_up_multinode.sh        # nodes install from the index (before)
