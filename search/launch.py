@@ -37,9 +37,9 @@ def init_ray(address: str | None, num_gpus: float | None = None) -> None:
         ray.init(address=address, log_to_driver=False, logging_level=ray_log_level())
     else:  # a local instance inside this command: no dashboard, no network needed, and no
         # joining a cluster that another `ray start` or search left running (address=None would).
-        # Token auth as Ray's default for a local instance, asked for by name: Ray then skips
-        # its "Token authentication is enabled" warning at every start
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # Token auth stays Ray's default for it; only Ray's note saying so at every start is
+        # dropped (setting RAY_AUTH_MODE here instead would leave Ray's cached config behind)
+        logging.getLogger(RAY_AUTH_LOGGER).addFilter(_drop_token_auth_note)
         ray.init(
             address="local",
             num_cpus=os.cpu_count(),
@@ -48,6 +48,14 @@ def init_ray(address: str | None, num_gpus: float | None = None) -> None:
             log_to_driver=False,
             logging_level=ray_log_level(),
         )
+
+
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _drop_token_auth_note(record: logging.LogRecord) -> bool:
+    """Ray's "Token authentication is enabled for this Ray cluster" at each local start."""
+    return not record.getMessage().startswith("Token authentication is enabled for this")
 
 
 def ray_log_level() -> int:
