@@ -120,10 +120,12 @@ def check_args(args) -> None:
         raise HandReIDError(
             f"--confirm-seeds must be >= 0 (0: no confirmation), got {args.confirm_seeds}"
         )
-    if args.confirm_seeds is not None and args.confirm_seeds >= 1000:  # SCORE_SEED_OFFSET
+    from search.space import SCORE_SEED_OFFSET
+
+    if args.confirm_seeds is not None and args.confirm_seeds >= SCORE_SEED_OFFSET:
         raise HandReIDError(
-            f"--confirm-seeds must be < 1000 (the scoring seeds start there), got "
-            f"{args.confirm_seeds}"
+            f"--confirm-seeds must be < {SCORE_SEED_OFFSET} (the scoring seeds start there), "
+            f"got {args.confirm_seeds}"
         )
     if args.score_seeds is not None and args.score_seeds < 1:
         raise HandReIDError(f"--score-seeds must be >= 1, got {args.score_seeds}")

@@ -57,7 +57,7 @@ from search.rundir import (
     study_name,
 )
 from search.scoring import evaluate_checkpoint, save_best, test_metrics
-from search.space import SearchSpace
+from search.space import SCORE_SEED_OFFSET, SearchSpace
 from search.table import search_table, top_k, trial_row
 from search.tune_state import ENDED, align_search_state, saved_trials
 
@@ -68,9 +68,6 @@ PLAN = "plan.json"
 SUMMARY = "confirm.csv"
 METRICS = ("rank1", "rank5", "rank10", "mAP")
 CONFIRM, SCORE = "confirm", "score"  # a run that helps choose the winner / scores it
-# scoring seeds are the search run's train.seed + 1000 + 1, 2, ...: never a seed that chose,
-# however far a confirmation is extended (tune.confirm.seeds < 1000)
-SCORE_SEED_OFFSET = 1000
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,11 @@ class ConfirmSettings:
     score_seeds: int = 3
 
 
+# scoring seeds are the search run's train.seed + SCORE_SEED_OFFSET + 1, 2, ...: confirmation
+# seeds (train.seed + 1, 2, ...) stay below it, so no seed that chose ever scores
+SCORE_SEED_OFFSET = 1000
+
+
 @dataclass(frozen=True)
 class TuneSettings:
     num_samples: int = 12
@@ -535,7 +540,11 @@ def _parse_tune(doc: dict) -> TuneSettings:
         (tune.top_k >= 0, "top_k", "must be >= 0"),
         (tune.confirm.top_k >= 0, "confirm.top_k", "must be >= 0"),
         (tune.confirm.seeds >= 0, "confirm.seeds", "must be >= 0 (0: no confirmation)"),
-        (tune.confirm.seeds < 1000, "confirm.seeds", "must be < 1000 (scoring seeds start there)"),
+        (
+            tune.confirm.seeds < SCORE_SEED_OFFSET,
+            "confirm.seeds",
+            f"must be < {SCORE_SEED_OFFSET} (scoring seeds start there)",
+        ),
         (tune.confirm.score_seeds >= 1, "confirm.score_seeds", "must be >= 1"),
     ]
     for ok, key, message in checks:

@@ -87,8 +87,8 @@ def test_the_demo_searches_learns_and_reports_both_backbones(tmp_path):
     # every path the terminal names is the run's storage, the clone or the cache it was
     # given (make demo: runs/ and .cache/ in the clone): nothing outside them
     given = (str(tmp_path), str(REPO), os.environ.get("HANDREID_CACHE", str(REPO)))
-    named = re.findall(r"/(?:tmp|root|home|work|var|opt|usr|mnt|srv|data)/[\w./-]*", out.stdout)
-    named += re.findall(r"/(?:tmp|root|home|work|var|opt|usr|mnt|srv|data)/[\w./-]*", out.stderr)
+    top = r"/(?:tmp|root|home|work|var|opt|usr|mnt|srv|data)/[\w./-]*"
+    named = re.findall(top, out.stdout + "\n" + out.stderr)
     assert named and [p for p in named if not p.startswith(given)] == []
     study = json.loads((run_dir / "search.json").read_text())
     assert study["num_samples"] == len(table)
