@@ -51,18 +51,17 @@ def data_info(meta: dict[str, Any], run_dir: Path) -> DataInfo:
     root = data.get("prepared") or data.get("root")
     if data.get("synthetic", root is None):
         return DataInfo(True, SYNTHETIC)
-    extra = ", a subset (missing images left out)" if data.get("subset") else ""
     split, aspect = data.get("split", "standard"), data.get("aspect", "?")
     apart = [
         why
         for why, holds in (
             (f"{split} split", split != "standard"),
-            ("a subset", bool(data.get("subset"))),
+            ("a subset: missing images left out", bool(data.get("subset"))),
             (f"aspect {aspect}", aspect != "dorsal_r"),
         )
         if holds
     ]
-    said = f"{root}, {aspect}, {split} identity split{extra}"
+    said = f"{root}, {aspect}, {split} identity split"
     if apart:
         said += f"; NOT the standard protocol ({', '.join(apart)}): not comparable with references"
     return DataInfo(False, said, comparable=not apart)

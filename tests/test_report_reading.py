@@ -70,7 +70,7 @@ def test_a_real_data_run_shows_the_references_beside_it(tmp_path):
     "change, why",
     [
         ({"split": "random"}, "random split"),
-        ({"subset": True}, "a subset"),
+        ({"subset": True}, "a subset: missing images left out"),
         ({"aspect": "palmar_l"}, "aspect palmar_l"),
     ],
 )
