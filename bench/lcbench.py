@@ -35,6 +35,7 @@ import math
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -488,7 +489,10 @@ class Job:
 
     @property
     def key(self) -> str:
-        return f"{self.task}-{self.strategy}-{len(self.seeds)}-{self.concurrency}"
+        """The job's file name: with the space's tune settings, so that a run of a variant
+        (``--tune``) never hands its searches to a later ``--resume`` of other settings."""
+        settings = zlib.crc32(repr(self.space.tune).encode())
+        return f"{self.task}-{self.strategy}-{len(self.seeds)}-{self.concurrency}-{settings:08x}"
 
 
 _SERVERS: Servers | None = None
@@ -496,10 +500,17 @@ _SERVERS: Servers | None = None
 
 def run_job(job: Job) -> dict:
     """Every search of one (task, strategy): the trials' records, and seconds taken."""
+    import warnings
+
     import optuna
+    import torch
 
     global _SERVERS
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.simplefilter("ignore")  # e.g. Ray's note that a GP suggestion took over 1 s
+    # one thread per process: with torch's default threads competing (2 processes on 2
+    # cores) the GP sampler's small fits ran over 10x slower
+    torch.set_num_threads(1)
     _SERVERS = _SERVERS or Servers()
     space = job.space
     curve_of = _SERVERS.surrogate().objective(job.task)

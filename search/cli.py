@@ -335,6 +335,8 @@ def quiet_libraries() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # Ray's note on a slow define-by-run: there the sampler fits its model (tune.sampler: gp)
+    warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space`")
     for name in ("ray", "ray.tune", "ray.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("HANDREID_RAY_LOG_LEVEL", "WARNING")

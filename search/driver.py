@@ -2,7 +2,7 @@
 
 1. the run directory and its records (``search.rundir``);
 2. resume checks and the stop signals (``search.resume``);
-3. Ray, what the trials read (``search.assets``), and the Tuner: TPE via Optuna and ASHA
+3. Ray, what the trials read (``search.assets``), and the Tuner: Optuna's sampler and ASHA
    (``search.launch``, ``search.strategy``), or on resume the restored Tuner
    (``search.resume``);
 4. the search (``Tuner.fit``), then the confirmation: the top configurations trained again

@@ -128,7 +128,11 @@ class TuneSettings:
     metric: str = "val_mAP"
     mode: str = "max"
     seed: int = 0
-    n_startup_trials: int = 5  # random trials before TPE takes over
+    # the model that proposes trials (search.strategy.build_sampler): "tpe" (multivariate,
+    # grouped by conditions), "independent-tpe" (one TPE per parameter) or "gp" (Optuna's
+    # Gaussian-process sampler)
+    sampler: Literal["tpe", "independent-tpe", "gp"] = "tpe"
+    n_startup_trials: int = 5  # random trials before the model takes over
     max_concurrent: int = 2
     grace_period: int = 2
     reduction_factor: int = 2

@@ -4,7 +4,8 @@
 every one of them (the confirmation runs its trials without either). ``TuneLoop`` drives
 them in the order Tune's controller does, for a loop that runs its own trials (a
 benchmark), and ``best_so_far`` is the objective every trial reports. Light: Optuna and Ray
-Tune's search and scheduler classes, no torch.
+Tune's search and scheduler classes, no torch (``tune.sampler: gp`` imports it when it
+first fits).
 """
 
 from __future__ import annotations
@@ -24,29 +25,54 @@ __all__ = [
     "build_scheduler",
     "build_searcher",
     "judged_from",
+    "model",
     "tpe",
 ]
 
 
 def tpe(seed: int, n_startup_trials: int) -> optuna.samplers.BaseSampler:
-    # group=True: TPE models each conditional sub-space on its own. No constant liar for
-    # the trials running at once: on LCBench (4 at a time) it changed next to no draw
-    # (BENCHMARKS.md, "Search efficiency on LCBench")
+    # group=True: TPE models each conditional sub-space on its own. Optuna 5's constant liar
+    # (on by default: running trials count as bad, so that trials started together differ)
+    # stays on (BENCHMARKS.md's "constant liar" line measured this default, not a change)
     return optuna.samplers.TPESampler(
         seed=seed, multivariate=True, group=True, n_startup_trials=n_startup_trials
     )
 
 
+def model(kind: str, seed: int, n_startup_trials: int) -> optuna.samplers.BaseSampler:
+    """The sampler ``tune.sampler`` names, with ``n_startup_trials`` random trials first."""
+    if kind == "tpe":
+        return tpe(seed, n_startup_trials)
+    if kind == "independent-tpe":
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=False, n_startup_trials=n_startup_trials
+        )
+    if kind == "gp":
+        # fits complete trials only (a pruned trial's early value is not the objective), so
+        # unlike TPE it does not learn from a diverged trial (told PRUNED) to avoid its
+        # region; a parameter that only some trials have (a conditional one) and the first
+        # trials are drawn by a one-parameter TPE instead, quietly
+        return optuna.samplers.GPSampler(
+            seed=seed,
+            n_startup_trials=n_startup_trials,
+            independent_sampler=optuna.samplers.TPESampler(
+                seed=seed, multivariate=False, n_startup_trials=n_startup_trials
+            ),
+            warn_independent_sampling=False,
+        )
+    raise ValueError(f"unknown sampler {kind!r}")
+
+
 def build_sampler(space: SearchSpace, seed: int | None = None) -> optuna.samplers.BaseSampler:
-    """TPE; with a group key (the backbone), one TPE per backbone over its own trials, each
-    with its own ``n_startup_trials`` random trials first."""
+    """``tune.sampler``; with a group key (the backbone), one per backbone over its own
+    trials, each with its own ``n_startup_trials`` random trials first."""
     seed = space.tune.seed if seed is None else seed
-    startup = space.tune.n_startup_trials
+    kind, startup = space.tune.sampler, space.tune.n_startup_trials
     group = space.group_key()
     if group is None:
-        return tpe(seed, startup)
+        return model(kind, seed, startup)
     key, values = group
-    return GroupedSampler(key, values, lambda s: tpe(s, startup), seed)
+    return GroupedSampler(key, values, lambda s: model(kind, s, startup), seed)
 
 
 def build_searcher(

@@ -63,6 +63,17 @@ def test_the_shipped_rung_is_the_shipped_space_share_of_52_epochs():
     assert space.tune.milestones(space.max_epochs) == [17] and space.max_epochs == 52
 
 
+def test_the_shipped_strategy_samples_as_the_shipped_space_says():
+    from search.space import load_space
+
+    space = lcbench.lcbench_space()
+    shipped = load_space(lcbench.SHIPPED_SPACE).tune
+    assert space.tune.sampler == shipped.sampler == "gp"
+    assert space.tune.n_startup_trials == shipped.n_startup_trials
+    strategy = lcbench.STRATEGIES["shipped"](space, 0, 4, None)
+    assert type(strategy.loop.search.searcher._sampler).__name__ == "GPSampler"
+
+
 def test_only_full_trials_are_incumbents_and_regret_follows_them():
     trials = [
         lcbench.Finished(epochs=17, complete=False, value=99.0, at=20),
@@ -83,3 +94,12 @@ def test_the_tasks_are_the_documented_draw_and_none_is_held_out():
     assert tuple(lcbench.draw_tasks()) == lcbench.TASKS
     assert not set(lcbench.TASKS) & set(lcbench.HELD_OUT)
     assert lcbench.main(["run", "--tasks", "167168", "--searches", "1"]) == 2
+
+
+def test_a_variant_run_keeps_its_jobs_apart_from_the_shipped_settings():
+    """``--resume`` reuses kept jobs by file name: a ``--tune`` variant must not lend its
+    searches to a run of the shipped settings."""
+    shipped, variant = lcbench.lcbench_space(), lcbench.lcbench_space(sampler="tpe")
+    job = lcbench.Job("146212", "shipped", [0, 1], 4, shipped)
+    assert job.key == lcbench.Job("146212", "shipped", [0, 1], 4, lcbench.lcbench_space()).key
+    assert job.key != lcbench.Job("146212", "shipped", [0, 1], 4, variant).key

@@ -118,3 +118,72 @@ def test_without_balance_the_backbone_is_still_chosen_and_grouped(tmp_path):
     chosen = [t["model.backbone"] for t in trials]
     assert chosen.count("tiny-rn") > chosen.count("tiny-vit")  # it scores higher
     assert statistics.median(late_scales(trials, "tiny-rn")) > 30
+
+
+CONDITIONAL = {
+    **SEARCH,
+    "loss.center.use": {"type": "bool"},
+    "loss.center.weight": {
+        "type": "float",
+        "low": 1e-4,
+        "high": 1e-3,
+        "log": True,
+        "when": {"loss.center.use": True},
+    },
+}
+
+
+@pytest.mark.parametrize("kind", ["tpe", "independent-tpe", "gp"])
+def test_each_sampler_setting_tunes_each_backbone_on_its_own(tmp_path, kind):
+    """``tune.sampler`` is the model each backbone's sampler is. Each draws the conditional
+    parameter exactly when its condition holds and gathers the weaker backbone's later
+    trials at its own optimum."""
+    from search.sampler import GroupedSampler
+    from search.strategy import build_sampler, build_searcher
+
+    tune = {"num_samples": 60, "n_startup_trials": 5, "balance": "model.backbone", "sampler": kind}
+    s = load_space(small_space(tmp_path, num_samples=60, search=CONDITIONAL, tune=tune))
+    sampler = build_sampler(s)
+    assert isinstance(sampler, GroupedSampler)
+    model = sampler.samplers["tiny-vit"]
+    expected = optuna.samplers.GPSampler if kind == "gp" else optuna.samplers.TPESampler
+    assert type(model) is expected
+    if kind != "gp":
+        assert model._multivariate is (kind == "tpe")
+    trials = run(build_searcher(s), 60)
+    for t in trials:
+        assert ("loss.center.weight" in t) == t["loss.center.use"], t
+    weak = late_scales(trials, "tiny-vit")
+    assert statistics.median(weak) < 20, weak
+    assert statistics.median(late_scales(trials, "tiny-rn")) > 30
+
+
+def test_an_unknown_sampler_is_refused_in_one_line(tmp_path):
+    from handreid.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        space(tmp_path, sampler="bayes")
+    message = str(err.value)
+    assert "tune.sampler" in message and "bayes" in message and "\n" not in message
+
+
+def test_a_gp_searcher_goes_on_after_it_is_pickled_and_restored(tmp_path):
+    """Tune saves the searcher by pickling it and a resumed search unpickles it: a GP
+    searcher whose models have been fitted must come back and go on fitting."""
+    import pickle
+
+    from search.rundir import study_storage
+    from search.strategy import build_searcher
+
+    tune = {"num_samples": 16, "n_startup_trials": 2, "balance": "model.backbone", "sampler": "gp"}
+    s = load_space(small_space(tmp_path, num_samples=16, search=CONDITIONAL, tune=tune))
+    before = build_searcher(s, study_name="s", storage=study_storage(tmp_path))
+    run(before, 10)
+    fitted = before._sampler.samplers["tiny-vit"]._gprs_cache_list
+    assert fitted is not None  # the GP was fitted, not only the start-up TPE drawn
+    after = pickle.loads(pickle.dumps(before))
+    run(after, 6, start=10)
+    study = optuna.load_study(study_name="s", storage=study_storage(tmp_path))
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 16
+    assert after._sampler.samplers["tiny-vit"]._gprs_cache_list is not None
