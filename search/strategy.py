@@ -55,9 +55,7 @@ def model(kind: str, seed: int, n_startup_trials: int) -> optuna.samplers.BaseSa
         return optuna.samplers.GPSampler(
             seed=seed,
             n_startup_trials=n_startup_trials,
-            independent_sampler=optuna.samplers.TPESampler(
-                seed=seed, multivariate=False, n_startup_trials=n_startup_trials
-            ),
+            independent_sampler=model("independent-tpe", seed, n_startup_trials),
             warn_independent_sampling=False,
         )
     raise ValueError(f"unknown sampler {kind!r}")

@@ -9,6 +9,18 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 REAL_CSV = Path(__file__).parent / "data" / "HandInfo.csv"  # the real 11k metadata
 TINY_YML = REPO / "spaces" / "base" / "tiny.yml"
+# a conditional parameter as the real spaces have it: the centre loss's weight, searched
+# only when the centre loss is on
+CENTER_LOSS = {
+    "loss.center.use": {"type": "bool"},
+    "loss.center.weight": {
+        "type": "float",
+        "low": 1e-4,
+        "high": 1e-3,
+        "log": True,
+        "when": {"loss.center.use": True},
+    },
+}
 
 # ------------------------------------------------------------------ running in parallel
 # `make test` runs the suite in two pytest-xdist workers (`-n 2 --dist loadgroup`). Each

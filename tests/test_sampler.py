@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from search.space import load_space
-from tests.conftest import small_space
+from tests.conftest import CENTER_LOSS, small_space
 
 pytest.importorskip("ray.tune.search.optuna")
 
@@ -120,17 +120,7 @@ def test_without_balance_the_backbone_is_still_chosen_and_grouped(tmp_path):
     assert statistics.median(late_scales(trials, "tiny-rn")) > 30
 
 
-CONDITIONAL = {
-    **SEARCH,
-    "loss.center.use": {"type": "bool"},
-    "loss.center.weight": {
-        "type": "float",
-        "low": 1e-4,
-        "high": 1e-3,
-        "log": True,
-        "when": {"loss.center.use": True},
-    },
-}
+CONDITIONAL = {**SEARCH, **CENTER_LOSS}
 
 
 @pytest.mark.parametrize("kind", ["tpe", "independent-tpe", "gp"])
@@ -179,11 +169,12 @@ def test_a_gp_searcher_goes_on_after_it_is_pickled_and_restored(tmp_path):
     s = load_space(small_space(tmp_path, num_samples=16, search=CONDITIONAL, tune=tune))
     before = build_searcher(s, study_name="s", storage=study_storage(tmp_path))
     run(before, 10)
-    fitted = before._sampler.samplers["tiny-vit"]._gprs_cache_list
-    assert fitted is not None  # the GP was fitted, not only the start-up TPE drawn
+    assert before._sampler.samplers["tiny-vit"]._gprs_cache_list is not None  # fitted
     after = pickle.loads(pickle.dumps(before))
     run(after, 6, start=10)
     study = optuna.load_study(study_name="s", storage=study_storage(tmp_path))
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 16
-    assert after._sampler.samplers["tiny-vit"]._gprs_cache_list is not None
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 16
+    # the restored searcher's trials were proposed by the GP (it records its draw on the
+    # trial), not by its start-up or fallback TPE
+    by_gp = ["gp:relative_params:0" in t.system_attrs for t in study.trials[10:]]
+    assert by_gp == [True] * 6

@@ -10,7 +10,7 @@ import yaml
 
 from handreid.errors import ConfigError
 from search.space import config_key, load_space
-from tests.conftest import REPO, TINY_YML
+from tests.conftest import CENTER_LOSS, REPO, TINY_YML
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -120,14 +120,7 @@ def test_conditional_parameters_follow_their_condition(tmp_path):
             tmp_path,
             {
                 "model.backbone": {"type": "categorical", "choices": ["tiny-vit", "tiny-rn"]},
-                "loss.center.use": {"type": "bool"},
-                "loss.center.weight": {
-                    "type": "float",
-                    "low": 1e-4,
-                    "high": 1e-3,
-                    "log": True,
-                    "when": {"loss.center.use": True},
-                },
+                **CENTER_LOSS,
                 "model.unfreeze_blocks": [
                     {"when": {"model.backbone": "tiny-vit"}, "type": "int", "low": 0, "high": 2},
                     {"when": {"model.backbone": "tiny-rn"}, "type": "int", "low": 0, "high": 4},
